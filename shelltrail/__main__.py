@@ -1,0 +1,3 @@
+from shelltrail.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The composition root: the one module that wires every layer together."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from shelltrail.config import Settings, redact_url
+from shelltrail.eventstore import DatabaseUnavailable, EventStore, init_connection
+from shelltrail.eventstore.embedded import EmbeddedPostgres
+from shelltrail.eventstore.migrate import migrate
+from shelltrail.http.app import create_app
+
+log = structlog.get_logger(__name__)
+
+EMBEDDED_DATABASE: Final = "shelltrail"
+_CONNECT_TIMEOUT: Final = 10.0
+
+
+@asynccontextmanager
+async def database_url(settings: Settings) -> AsyncIterator[str]:
+    """The configured database URL, or the embedded server's (started here and stopped after).
+
+    Raises :class:`DatabaseUnavailable` with a one-line reason when it cannot be reached.
+    """
+    if settings.database_url:
+        await _check_reachable(settings.database_url)
+        yield settings.database_url
+        return
+    embedded = EmbeddedPostgres(settings.data_dir)
+    try:
+        admin_url = await asyncio.to_thread(embedded.start)
+    except Exception as exc:  # noqa: BLE001 -- any failure here means "no database"
+        raise DatabaseUnavailable(
+            f"cannot start the embedded PostgreSQL in {embedded.pgdata}: {exc}"
+        ) from exc
+    try:
+        url = await ensure_database(admin_url, EMBEDDED_DATABASE)
+        yield url
+    finally:
+        await asyncio.to_thread(embedded.stop)
+
+
+async def ensure_database(admin_url: str, name: str) -> str:
+    """Create database ``name`` on the server of ``admin_url`` if needed; return its URL."""
+    conn = await _connect(admin_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass  # another server created it meanwhile
+    finally:
+        await conn.close()
+    return with_database(admin_url, name)
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` instead (keeps query parameters such as host)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+async def _connect(url: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(url, timeout=_CONNECT_TIMEOUT)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, ValueError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise DatabaseUnavailable(
+            f"cannot connect to the database at {redact_url(url)}: {reason}"
+        ) from None
+
+
+async def _check_reachable(url: str) -> None:
+    conn = await _connect(url)
+    await conn.close()
+
+
+async def migrate_database(url: str) -> int:
+    """Apply pending migrations; return how many were applied."""
+    conn = await _connect(url)
+    try:
+        return len(await migrate(conn))
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def connection(url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await _connect(url)
+    await init_connection(conn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run the server until SIGTERM or SIGINT, then shut down cleanly."""
+    async with database_url(settings) as url:
+        await migrate_database(url)
+        store = await EventStore.open(url, node=settings.node)
+        try:
+            app = create_app(store)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, settings.host, settings.port)
+            await site.start()
+            log.info("shelltrail is serving", url=f"http://{settings.host}:{settings.port}")
+            await _wait_for_stop_signal()
+            log.info("shutting down")
+            await runner.cleanup()
+        finally:
+            await store.close()
+
+
+async def _wait_for_stop_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

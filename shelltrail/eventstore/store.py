@@ -1,0 +1,219 @@
+"""The PostgreSQL event store: append, read, follow.
+
+Open it with :meth:`EventStore.open` and close it with :meth:`EventStore.close`, both on the
+event loop. Actor threads append through :meth:`EventStore.append_from_thread`; everything
+else is called on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
+
+import asyncpg
+import structlog
+
+from shelltrail.domain import DomainEvent
+from shelltrail.eventstore.hashing import canonical_json
+from shelltrail.eventstore.records import (
+    EVENT_COLUMNS,
+    START,
+    GlobalPosition,
+    StoredEvent,
+    event_from_row,
+)
+from shelltrail.eventstore.subscriptions import SubscriptionHub
+from shelltrail.eventstore.writer import NOTIFY_CHANNEL, EventWriter, WriterLimits
+
+log = structlog.get_logger(__name__)
+
+PAGE_SIZE: Final = 1000
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Decode ``jsonb`` to Python values; encode values (or ready JSON text) to ``jsonb``.
+
+    The binary format (a version byte, then the JSON text) lets COPY carry ``jsonb`` too.
+    """
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        format="binary",
+    )
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    text = value if isinstance(value, str) else canonical_json(value)
+    return b"\x01" + text.encode()
+
+
+def _decode_jsonb(raw: bytes) -> Any:
+    return json.loads(raw[1:])
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=init_connection
+    )
+    assert pool is not None
+    return pool
+
+
+class EventStore:
+    """Append-only event log over one connection pool."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        dsn: str,
+        node: str,
+        limits: WriterLimits = WriterLimits(),
+    ) -> None:
+        self.pool = pool
+        self.node = node
+        self._dsn = dsn
+        self.hub = SubscriptionHub()
+        self.healthy = True
+        self._writer = EventWriter(
+            pool, node=node, publish=self.hub.publish, limits=limits, on_health=self._set_health
+        )
+        self._listener: asyncpg.Connection | None = None
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, node: str, limits: WriterLimits = WriterLimits(), pool_size: int = 10
+    ) -> EventStore:
+        pool = await create_pool(dsn, max_size=pool_size)
+        store = cls(pool, dsn=dsn, node=node, limits=limits)
+        store._writer.start()
+        await store._listen()
+        return store
+
+    async def close(self) -> None:
+        """Write everything submitted so far, then release the connections."""
+        await self._writer.close()
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        await self.pool.close()
+
+    @property
+    def writer(self) -> EventWriter:
+        return self._writer
+
+    def _set_health(self, ok: bool) -> None:
+        self.healthy = ok
+
+    # --- appending ----------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: uuid.UUID,
+        events: Sequence[DomainEvent],
+        *,
+        expected_version: int | None,
+    ) -> list[StoredEvent]:
+        """Append events to a stream; returns them as stored, after commit.
+
+        ``expected_version`` is the stream's current version (0 for a new stream), or
+        ``None`` to append at whatever the head is. Raises :class:`ConcurrencyError` when
+        it does not match. Call on the event loop.
+        """
+        return await self._writer.submit(stream_id, events, expected_version)
+
+    def append_from_thread(
+        self,
+        stream_id: uuid.UUID,
+        events: Sequence[DomainEvent],
+        *,
+        expected_version: int | None,
+    ) -> concurrent.futures.Future[list[StoredEvent]]:
+        """Like :meth:`append`, from a thread other than the loop's. May block briefly.
+
+        Blocks while the writer is behind (back-pressure); the returned future resolves
+        after commit.
+        """
+        return self._writer.submit_threadsafe(stream_id, events, expected_version)
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def read_stream(
+        self, stream_id: uuid.UUID, *, after: int = 0, limit: int = PAGE_SIZE
+    ) -> list[StoredEvent]:
+        """Events of one stream with version > ``after``, in version order."""
+        rows = await self.pool.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 "
+            "ORDER BY version LIMIT $3",
+            stream_id,
+            after,
+            limit,
+        )
+        return [event_from_row(r) for r in rows]
+
+    async def read_all(
+        self, *, after: GlobalPosition = START, limit: int = PAGE_SIZE
+    ) -> list[StoredEvent]:
+        """The next committed events of the whole log in a safe, stable order.
+
+        Only events of transactions older than every running one are returned, so the
+        order never changes afterwards: pass the last event's ``position`` as ``after``
+        to continue, and no event is ever skipped or returned twice.
+        """
+        rows = await self.pool.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events "
+            "WHERE (tx_id, position) > ($1::text::xid8, $2) "
+            "AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) "
+            "ORDER BY events.tx_id, events.position LIMIT $3",
+            str(after.tx_id),
+            after.position,
+            limit,
+        )
+        return [event_from_row(r) for r in rows]
+
+    async def stream_version(self, stream_id: uuid.UUID) -> int:
+        version = await self.pool.fetchval(
+            "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1", stream_id
+        )
+        return int(version)
+
+    def subscribe(self, stream_id: uuid.UUID, *, after: int = 0) -> AsyncIterator[StoredEvent]:
+        """Every event of a stream after ``after``: history first, then live; no gap, no repeat."""
+
+        async def page(sid: uuid.UUID, last: int) -> list[StoredEvent]:
+            return await self.read_stream(sid, after=last, limit=PAGE_SIZE)
+
+        return self.hub.follow(stream_id, after, page)
+
+    # --- other nodes --------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        # NOTIFY may be missed by a connection that also runs queries: keep this one idle.
+        self._listener = await asyncpg.connect(self._dsn)
+        await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        node, _, rest = payload.partition(" ")
+        if node == self.node:
+            return  # our own writer already published these
+        if rest == "*":
+            self.hub.poke(None)
+            return
+        for item in rest.split():
+            sid, _, _version = item.partition(":")
+            try:
+                self.hub.poke(uuid.UUID(sid))
+            except ValueError:
+                log.warning("ignoring a malformed notification", payload=payload[:200])
+                return
+
+
+async def wait_for(future: concurrent.futures.Future[Any], timeout: float | None = None) -> Any:
+    """Await a thread-side future from the loop without blocking it."""
+    return await asyncio.wait_for(asyncio.wrap_future(future), timeout)

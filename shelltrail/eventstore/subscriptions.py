@@ -1,0 +1,111 @@
+"""Live delivery of committed events to in-process followers of a stream.
+
+A follower registers *before* it reads history, so every event committed after that
+moment reaches its queue and every event committed before it is in the history it reads:
+no gap is possible, and duplicates are dropped by version. A follower that falls too far
+behind loses its queued events and catches up from the database instead, so a slow
+follower costs bounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Final
+
+from shelltrail.eventstore.records import StoredEvent
+
+_QUEUE_SIZE: Final = 1024
+
+
+class _CatchUp:
+    """Queued instead of events when the follower must read from the database."""
+
+
+CATCH_UP: Final = _CatchUp()
+
+
+class _Follower:
+    __slots__ = ("queue",)
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[StoredEvent | _CatchUp] = asyncio.Queue(_QUEUE_SIZE)
+
+    def offer(self, item: StoredEvent | _CatchUp) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(CATCH_UP)
+
+
+class SubscriptionHub:
+    """Followers by stream. Use on the event loop only."""
+
+    def __init__(self) -> None:
+        self._followers: dict[uuid.UUID, set[_Follower]] = {}
+
+    @property
+    def follower_count(self) -> int:
+        return sum(len(f) for f in self._followers.values())
+
+    def publish(self, events: Iterable[StoredEvent]) -> None:
+        """Hand committed events to the followers of their streams."""
+        for event in events:
+            for follower in self._followers.get(event.stream_id, ()):
+                follower.offer(event)
+
+    def poke(self, stream_id: uuid.UUID | None) -> None:
+        """Tell followers of a stream (or of all, for ``None``) to read from the database."""
+        groups = self._followers.values() if stream_id is None else [self._followers.get(stream_id, set())]
+        for group in groups:
+            for follower in group:
+                follower.offer(CATCH_UP)
+
+    async def follow(
+        self,
+        stream_id: uuid.UUID,
+        after: int,
+        read_page: Callable[[uuid.UUID, int], Awaitable[list[StoredEvent]]],
+    ) -> AsyncIterator[StoredEvent]:
+        """Every event of a stream after version ``after``: history, then live, forever.
+
+        ``read_page(stream_id, after)`` returns the next committed events in version order
+        (an empty list at the head). The caller stops by leaving the loop.
+        """
+        follower = _Follower()
+        self._followers.setdefault(stream_id, set()).add(follower)
+        last = after
+        try:
+            while True:
+                page = await read_page(stream_id, last)
+                for event in page:
+                    yield event
+                    last = event.version
+                if not page:
+                    break
+            while True:
+                item = await follower.queue.get()
+                if isinstance(item, StoredEvent):
+                    if item.version <= last:
+                        continue
+                    if item.version == last + 1:
+                        yield item
+                        last = item.version
+                        continue
+                # A gap (an event written by another node) or a catch-up request.
+                while True:
+                    page = await read_page(stream_id, last)
+                    for event in page:
+                        yield event
+                        last = event.version
+                    if not page:
+                        break
+        finally:
+            group = self._followers.get(stream_id)
+            if group is not None:
+                group.discard(follower)
+                if not group:
+                    del self._followers[stream_id]

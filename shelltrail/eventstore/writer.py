@@ -1,0 +1,418 @@
+"""The single writer: batches pending appends into few transactions.
+
+Appends arrive from the event loop (``submit``) and from actor threads (``submit_threadsafe``).
+One task on the loop drains them, writes each batch in one transaction (COPY into
+``events``, the inline projections, one NOTIFY), commits, and only then resolves the
+callers and publishes the events to live subscribers: followers see committed events only.
+
+Back-pressure: appends from threads block while too many bytes wait to be written, so a
+script printing faster than the database can store waits on its full pipe instead of
+growing the server's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import asyncpg
+import structlog
+
+from shelltrail.domain import DomainEvent, EventDecodeError, InvalidTransition, Recorded, encode
+from shelltrail.domain import stream_type_of as _stream_type_of
+from shelltrail.eventstore.errors import ConcurrencyError, StoreClosed
+from shelltrail.eventstore.hashing import GENESIS_HASH, canonical_json, event_hash
+from shelltrail.eventstore.projections import apply_inline
+from shelltrail.eventstore.records import StoredEvent
+
+log = structlog.get_logger(__name__)
+
+NOTIFY_CHANNEL: Final = "shelltrail_events"
+_NOTIFY_LIMIT: Final = 7900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
+_EVENT_COLUMNS: Final = [
+    "stream_id",
+    "stream_type",
+    "version",
+    "type",
+    "data",
+    "payload",
+    "recorded_at",
+    "hash",
+]
+#: Errors after which the database may be fine again later: retry the batch, don't fail it.
+_TRANSIENT: Final = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+Resolve = Callable[[list[StoredEvent] | BaseException], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    stream_id: uuid.UUID
+    stream_type: str
+    expected_version: int | None
+    events: Sequence[DomainEvent]
+    nbytes: int
+    from_thread: bool
+    resolve: Resolve
+    encoded: list[tuple[str, dict[str, Any], bytes | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterLimits:
+    max_batch_events: int = 5000
+    max_batch_bytes: int = 8 * 1024 * 1024
+    #: Bytes that threads may have waiting before their appends block.
+    max_pending_bytes: int = 32 * 1024 * 1024
+
+
+class EventWriter:
+    """Owns the writing connection. Create, ``start()`` and ``close()`` on the event loop."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        node: str,
+        publish: Callable[[list[StoredEvent]], None],
+        limits: WriterLimits = WriterLimits(),
+        on_health: Callable[[bool], None] = lambda ok: None,
+    ) -> None:
+        self._pool = pool
+        self._node = node
+        self._publish = publish
+        self._limits = limits
+        self._on_health = on_health
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
+        self._pending_bytes = 0
+        self._wake_scheduled = False
+        self._closing = False
+        self._heads: dict[uuid.UUID, tuple[int, bytes]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.batches_committed = 0
+        self.events_committed = 0
+
+    def start(self) -> None:
+        """Call on the event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="shelltrail-event-writer")
+
+    async def close(self) -> None:
+        """Write everything already submitted, then stop. Call on the event loop."""
+        with self._lock:
+            self._closing = True
+            self._space.notify_all()
+        self._schedule_wake()
+        if self._task is not None:
+            task, self._task = self._task, None
+            await task
+
+    # --- submitting ---------------------------------------------------------------------
+
+    def submit(
+        self,
+        stream_id: uuid.UUID,
+        events: Sequence[DomainEvent],
+        expected_version: int | None,
+    ) -> asyncio.Future[list[StoredEvent]]:
+        """Queue an append from the event loop; the future resolves after commit."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[StoredEvent]] = loop.create_future()
+
+        def resolve(result: list[StoredEvent] | BaseException) -> None:
+            if future.done():
+                return
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        self._enqueue(stream_id, events, expected_version, resolve, from_thread=False)
+        return future
+
+    def submit_threadsafe(
+        self,
+        stream_id: uuid.UUID,
+        events: Sequence[DomainEvent],
+        expected_version: int | None,
+    ) -> concurrent.futures.Future[list[StoredEvent]]:
+        """Queue an append from any thread but the loop's; may block for back-pressure.
+
+        Runs in the caller's thread. Blocks while more than ``max_pending_bytes`` submitted
+        from threads wait to be written.
+        """
+        future: concurrent.futures.Future[list[StoredEvent]] = concurrent.futures.Future()
+
+        def resolve(result: list[StoredEvent] | BaseException) -> None:
+            if future.done():
+                return
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        self._enqueue(stream_id, events, expected_version, resolve, from_thread=True)
+        return future
+
+    def _enqueue(
+        self,
+        stream_id: uuid.UUID,
+        events: Sequence[DomainEvent],
+        expected_version: int | None,
+        resolve: Resolve,
+        *,
+        from_thread: bool,
+    ) -> None:
+        if not events:
+            raise ValueError("append needs at least one event")
+        stream_type = _stream_type_of(events[0])
+        if any(_stream_type_of(e) != stream_type for e in events):
+            raise ValueError("all events of one append must belong to one kind of stream")
+        encoded = [encode(e) for e in events]
+        nbytes = sum(len(p) if p is not None else 200 for _, _, p in encoded)
+        pending = _Pending(
+            stream_id, stream_type, expected_version, events, nbytes, from_thread, resolve, encoded
+        )
+        with self._lock:
+            if from_thread:
+                while (
+                    not self._closing
+                    and self._pending_bytes > 0
+                    and self._pending_bytes + nbytes > self._limits.max_pending_bytes
+                ):
+                    self._space.wait()
+            if self._closing:
+                raise StoreClosed("the event store is closed")
+            if from_thread:
+                self._pending_bytes += nbytes
+            self._queue.append(pending)
+        self._schedule_wake()
+
+    def _schedule_wake(self) -> None:
+        with self._lock:
+            if self._wake_scheduled or self._loop is None:
+                return
+            self._wake_scheduled = True
+        assert self._wake is not None
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the loop is closed: nothing will ever write again
+            pass
+
+    # --- writing ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                self._wake_scheduled = False
+            while self._queue:
+                batch = self._take_batch()
+                try:
+                    await self._write(batch)
+                except Exception as exc:  # noqa: BLE001 -- the writer must outlive any bug
+                    log.exception("append batch failed unexpectedly")
+                    self._finish(batch, [exc] * len(batch))
+            if self._closing and not self._queue:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        events = nbytes = 0
+        while self._queue:
+            nxt = self._queue[0]
+            if batch and (
+                events + len(nxt.events) > self._limits.max_batch_events
+                or nbytes + nxt.nbytes > self._limits.max_batch_bytes
+            ):
+                break
+            batch.append(self._queue.popleft())
+            events += len(nxt.events)
+            nbytes += nxt.nbytes
+        return batch
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                outcomes = await self._commit(batch)
+            except _TRANSIENT as exc:
+                self._on_health(False)
+                log.warning("append failed, retrying", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            except (asyncpg.UniqueViolationError, InvalidTransition, EventDecodeError) as exc:
+                if len(batch) == 1:
+                    self._heads.pop(batch[0].stream_id, None)
+                    outcomes = [_as_store_error(batch[0], exc)]
+                else:
+                    # One request spoiled the transaction: give each its own.
+                    for pending in batch:
+                        await self._write([pending])
+                    return
+            except asyncpg.PostgresError as exc:
+                if len(batch) > 1:
+                    for pending in batch:
+                        await self._write([pending])
+                    return
+                log.error("append refused by the database", error=str(exc))
+                outcomes = [exc]
+            self._on_health(True)
+            break
+        self._finish(batch, outcomes)
+
+    async def _commit(
+        self, batch: list[_Pending]
+    ) -> list[list[StoredEvent] | BaseException]:
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                await self._load_heads(conn, {p.stream_id for p in batch})
+                heads = dict(self._heads)
+                outcomes: list[list[StoredEvent] | BaseException] = []
+                records: list[tuple[Any, ...]] = []
+                recorded: list[tuple[str, Recorded]] = []
+                now = datetime.now(UTC)
+                for pending in batch:
+                    version, previous = heads.get(pending.stream_id, (0, GENESIS_HASH))
+                    expected = pending.expected_version
+                    if expected is not None and expected != version:
+                        outcomes.append(ConcurrencyError(pending.stream_id, expected, version))
+                        continue
+                    stored = []
+                    for event, (type_name, data, payload) in zip(
+                        pending.events, pending.encoded, strict=True
+                    ):
+                        version += 1
+                        data_json = canonical_json(data)
+                        previous = event_hash(
+                            previous,
+                            stream_id=pending.stream_id,
+                            version=version,
+                            type_name=type_name,
+                            data_json=data_json,
+                            recorded_at=now,
+                            payload=payload,
+                        )
+                        stored.append(
+                            StoredEvent(
+                                stream_id=pending.stream_id,
+                                stream_type=pending.stream_type,
+                                version=version,
+                                type=type_name,
+                                data=data,
+                                payload=payload,
+                                recorded_at=now,
+                                hash=previous,
+                            )
+                        )
+                        records.append(
+                            (
+                                pending.stream_id,
+                                pending.stream_type,
+                                version,
+                                type_name,
+                                data_json,
+                                payload,
+                                now,
+                                previous,
+                            )
+                        )
+                        recorded.append(
+                            (
+                                pending.stream_type,
+                                Recorded(
+                                    stream_id=pending.stream_id,
+                                    version=version,
+                                    recorded_at=now,
+                                    event=event,
+                                ),
+                            )
+                        )
+                    heads[pending.stream_id] = (version, previous)
+                    outcomes.append(stored)
+                if records:
+                    await conn.copy_records_to_table(
+                        "events", records=records, columns=_EVENT_COLUMNS
+                    )
+                    await apply_inline(conn, recorded)
+                    await conn.execute(
+                        "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, self._notify_payload(heads, batch)
+                    )
+        self._heads = heads
+        return outcomes
+
+    async def _load_heads(self, conn: asyncpg.Connection, stream_ids: set[uuid.UUID]) -> None:
+        missing = [sid for sid in stream_ids if sid not in self._heads]
+        if not missing:
+            return
+        rows = await conn.fetch(
+            """
+            SELECT s.id, e.version, e.hash
+            FROM unnest($1::uuid[]) AS s(id)
+            CROSS JOIN LATERAL (
+                SELECT version, hash FROM events
+                WHERE stream_id = s.id ORDER BY version DESC LIMIT 1
+            ) AS e
+            """,
+            missing,
+        )
+        for row in rows:
+            self._heads[row["id"]] = (row["version"], row["hash"])
+        if len(self._heads) > 100_000:  # a cache, not a registry: start afresh
+            self._heads = {row["id"]: (row["version"], row["hash"]) for row in rows}
+
+    def _notify_payload(
+        self, heads: dict[uuid.UUID, tuple[int, bytes]], batch: list[_Pending]
+    ) -> str:
+        streams = {p.stream_id for p in batch}
+        text = self._node + " " + " ".join(f"{sid}:{heads[sid][0]}" for sid in streams if sid in heads)
+        return text if len(text) <= _NOTIFY_LIMIT else f"{self._node} *"
+
+    def _finish(
+        self, batch: list[_Pending], outcomes: list[list[StoredEvent] | BaseException]
+    ) -> None:
+        freed = sum(p.nbytes for p in batch if p.from_thread)
+        if freed:
+            with self._lock:
+                self._pending_bytes -= freed
+                self._space.notify_all()
+        published: list[StoredEvent] = []
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                published.extend(outcome)
+                self.events_committed += len(outcome)
+            pending.resolve(outcome)
+        self.batches_committed += 1
+        if published:
+            self._publish(published)
+
+
+def _as_store_error(pending: _Pending, exc: BaseException) -> BaseException:
+    if (
+        isinstance(exc, asyncpg.UniqueViolationError)
+        and exc.constraint_name == "events_stream_version_key"
+    ):
+        expected = pending.expected_version if pending.expected_version is not None else -1
+        return ConcurrencyError(pending.stream_id, expected, None)
+    return exc

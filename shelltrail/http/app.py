@@ -1,0 +1,45 @@
+"""The aiohttp application."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import asyncpg
+from aiohttp import web
+
+from shelltrail.eventstore import EventStore
+from shelltrail.eventstore.migrate import pending_migrations
+
+STORE: Final = web.AppKey("store", EventStore)
+
+
+def create_app(store: EventStore) -> web.Application:
+    app = web.Application()
+    app[STORE] = store
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """200 while the process serves."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when the database answers and every migration is applied, else 503."""
+    store = request.app[STORE]
+    try:
+        async with store.pool.acquire(timeout=2) as conn:
+            pending = await pending_migrations(conn)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return web.json_response(
+            {"status": "unavailable", "database": "unreachable", "detail": type(exc).__name__},
+            status=503,
+        )
+    if pending:
+        return web.json_response(
+            {"status": "unavailable", "pending_migrations": [m.version for m in pending]},
+            status=503,
+        )
+    return web.json_response({"status": "ok"})

@@ -1,0 +1,325 @@
+"""The event store against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from shelltrail.domain import (
+    CommandCreated,
+    CommandUpdated,
+    Exited,
+    OutputChunk,
+    Queued,
+    Started,
+)
+from shelltrail.eventstore import (
+    START,
+    ConcurrencyError,
+    EventStore,
+    GlobalPosition,
+    StoreClosed,
+    WriterLimits,
+)
+from shelltrail.eventstore.audit import verify_all, verify_stream
+from tests.conftest import TEST_NODE
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def queued() -> Queued:
+    return Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="0" * 64)
+
+
+def started() -> Started:
+    return Started(pid=100, pgid=100, node=TEST_NODE, started_at=NOW)
+
+
+def chunk(offset: int, data: bytes, stream: str = "stdout") -> OutputChunk:
+    return OutputChunk(stream=stream, offset=offset, captured_at=NOW, data=data)  # type: ignore[arg-type]
+
+
+async def test_append_then_read_back_byte_exact(store: EventStore) -> None:
+    """Events come back in version order with their raw bytes and a chained hash."""
+    sid = uuid.uuid4()
+    raw = bytes(range(256)) + b"\x00\xff\xfe not utf-8 \xc3"
+    stored = await store.append(sid, [queued(), started(), chunk(0, raw)], expected_version=0)
+    assert [e.version for e in stored] == [1, 2, 3]
+    read = await store.read_stream(sid)
+    assert [(e.version, e.type) for e in read] == [(1, "Queued"), (2, "Started"), (3, "OutputChunk")]
+    assert read[2].payload == raw
+    assert read[2].recorded().event == chunk(0, raw)
+    assert [e.hash for e in read] == [e.hash for e in stored]
+    assert len({e.hash for e in read}) == 3
+
+
+async def test_stale_expected_version_is_a_conflict(store: EventStore) -> None:
+    """Appending at a version that is no longer the head raises ConcurrencyError."""
+    sid = uuid.uuid4()
+    await store.append(sid, [queued()], expected_version=0)
+    await store.append(sid, [started()], expected_version=1)
+    with pytest.raises(ConcurrencyError) as info:
+        await store.append(sid, [chunk(0, b"late")], expected_version=1)
+    assert (info.value.expected, info.value.actual) == (1, 2)
+    # The failed append wrote nothing, and the stream goes on from its real head.
+    await store.append(sid, [chunk(0, b"ok")], expected_version=2)
+    assert await store.stream_version(sid) == 3
+
+
+async def test_two_stores_racing_on_one_stream_conflict(database_url: str, store: EventStore) -> None:
+    """The UNIQUE(stream_id, version) guard catches a writer whose head was stale."""
+    sid = uuid.uuid4()
+    await store.append(sid, [queued(), started()], expected_version=0)
+    other = await EventStore.open(database_url, node="other")
+    try:
+        await other.append(sid, [chunk(0, b"a")], expected_version=2)
+        with pytest.raises(ConcurrencyError):
+            # `store` still believes the head is 2.
+            await store.append(sid, [chunk(0, b"b")], expected_version=2)
+    finally:
+        await other.close()
+    assert [e.payload for e in await store.read_stream(sid, after=2)] == [b"a"]
+
+
+async def test_a_refused_request_does_not_spoil_its_batch(store: EventStore) -> None:
+    """Appends batched with an impossible one still commit; only that one fails."""
+    good = [uuid.uuid4() for _ in range(20)]
+    bad = uuid.uuid4()
+    results = await asyncio.gather(
+        *(store.append(sid, [queued()], expected_version=0) for sid in good),
+        store.append(bad, [started()], expected_version=0),  # Started before Queued
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, list) for r in results[:-1])
+    assert "must be Queued" in str(results[-1])
+    assert await store.stream_version(bad) == 0
+    for sid in good:
+        assert await store.stream_version(sid) == 1
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE events SET type = 'Exited'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ],
+)
+async def test_the_events_table_refuses_changes(store: EventStore, statement: str) -> None:
+    """A trigger refuses UPDATE, DELETE and TRUNCATE, whatever the application does."""
+    await store.append(uuid.uuid4(), [queued()], expected_version=0)
+    async with store.pool.acquire() as conn:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await conn.execute(statement)
+        assert await conn.fetchval("SELECT count(*) FROM events") == 1
+
+
+async def test_global_reader_never_skips_or_repeats(database_url: str) -> None:
+    """Concurrent writers with transactions committing out of order; a tailing reader sees
+    every event exactly once."""
+    writers, per_writer = 6, 40
+    pool = await asyncpg.create_pool(database_url, min_size=writers, max_size=writers + 2)
+    assert pool is not None
+    reader = await EventStore.open(database_url, node="reader")
+    expected: set[tuple[uuid.UUID, int]] = set()
+    done = asyncio.Event()
+
+    async def write(n: int) -> None:
+        rng = random.Random(n)
+        for i in range(per_writer):
+            sid = uuid.uuid4()
+            async with pool.acquire() as conn, conn.transaction():
+                # Insert, then hold the transaction open for a while: positions are taken
+                # now, commits happen later and out of order.
+                await conn.execute(
+                    "INSERT INTO events (stream_id, stream_type, version, type, data, recorded_at, hash)"
+                    " VALUES ($1, 'process', 1, 'Queued', '{}', now(), $2)",
+                    sid,
+                    bytes(32),
+                )
+                await asyncio.sleep(rng.uniform(0, 0.02))
+            expected.add((sid, 1))
+            if i % 7 == 0:
+                await asyncio.sleep(0)
+
+    async def tail() -> list[tuple[uuid.UUID, int]]:
+        seen: list[tuple[uuid.UUID, int]] = []
+        position = START
+        while True:
+            finished = done.is_set()
+            page = await reader.read_all(after=position, limit=50)
+            for event in page:
+                assert event.position is not None and event.position > position
+                position = event.position
+                seen.append((event.stream_id, event.version))
+            if finished and not page:
+                return seen
+            if not page:
+                await asyncio.sleep(0.002)
+
+    tailer = asyncio.create_task(tail())
+    await asyncio.gather(*(write(n) for n in range(writers)))
+    done.set()
+    seen = await tailer
+    await reader.close()
+    await pool.close()
+    assert len(seen) == len(set(seen)), "an event was read twice"
+    assert set(seen) == expected, "an event was skipped"
+    assert len(seen) == writers * per_writer
+
+
+async def test_read_all_pages_in_a_stable_order(store: EventStore) -> None:
+    """Paging the whole log returns each event once, in the same order each time."""
+    for _ in range(5):
+        await store.append(uuid.uuid4(), [queued(), started()], expected_version=0)
+    once = await store.read_all(limit=1000)
+    paged = []
+    position: GlobalPosition = START
+    while page := await store.read_all(after=position, limit=3):
+        paged.extend(page)
+        assert page[-1].position is not None
+        position = page[-1].position
+    assert [e.hash for e in paged] == [e.hash for e in once]
+    assert len(once) == 10
+
+
+async def test_subscription_gives_history_then_live_without_gap_or_repeat(store: EventStore) -> None:
+    """A follower that joins mid-run gets every version exactly once, in order."""
+    sid = uuid.uuid4()
+    await store.append(sid, [queued(), started()], expected_version=0)
+    total = 600
+    received: list[int] = []
+
+    async def follow() -> None:
+        async for event in store.subscribe(sid, after=0):
+            received.append(event.version)
+            if event.type == "Exited":
+                return
+
+    async def produce() -> None:
+        offset = 0
+        for i in range(total):
+            data = f"line {i}\n".encode()
+            await store.append(sid, [chunk(offset, data)], expected_version=2 + i)
+            offset += len(data)
+            if i == 100:
+                follower_task.set_name("joined")
+        await store.append(sid, [Exited(exit_code=0, signal=None, finished_at=NOW)], expected_version=2 + total)
+
+    producer = asyncio.create_task(produce())
+    await asyncio.sleep(0.05)  # join while the run is producing
+    follower_task = asyncio.create_task(follow())
+    await asyncio.wait_for(asyncio.gather(producer, follower_task), 60)
+    assert received == list(range(1, total + 4))
+
+
+async def test_slow_follower_catches_up_from_the_database(store: EventStore) -> None:
+    """A follower whose queue overflows still gets every event, from the database."""
+    sid = uuid.uuid4()
+    await store.append(sid, [queued(), started()], expected_version=0)
+    iterator = store.subscribe(sid, after=0).__aiter__()
+    first = await iterator.__anext__()
+    assert first.version == 1
+    offset = 0
+    version = 2
+    for i in range(3000):  # more than the follower's queue holds
+        data = b"%d\n" % i
+        await store.append(sid, [chunk(offset, data)], expected_version=version)
+        offset += len(data)
+        version += 1
+    versions = [first.version]
+    while versions[-1] < version:
+        versions.append((await iterator.__anext__()).version)
+    await iterator.aclose()  # type: ignore[attr-defined]
+    assert versions == list(range(1, version + 1))
+
+
+async def test_appends_from_threads_block_when_the_writer_is_behind(database_url: str) -> None:
+    """Back-pressure: with a tiny pending limit a thread cannot run ahead of the writer."""
+    limits = WriterLimits(max_pending_bytes=64 * 1024)
+    store = await EventStore.open(database_url, node=TEST_NODE, limits=limits)
+    sid = uuid.uuid4()
+    await store.append(sid, [queued(), started()], expected_version=0)
+    peak = 0
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        nonlocal peak
+        try:
+            offset, version = 0, 2
+            futures = []
+            for _ in range(200):
+                data = bytes(16 * 1024)
+                futures.append(
+                    store.append_from_thread(sid, [chunk(offset, data)], expected_version=version)
+                )
+                peak = max(peak, store.writer._pending_bytes)  # noqa: SLF001 -- the bound under test
+                offset += len(data)
+                version += 1
+            for f in futures:
+                f.result(timeout=30)
+        except BaseException as exc:  # noqa: BLE001 -- reported to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    while thread.is_alive():
+        await asyncio.sleep(0.01)
+    thread.join()
+    assert not errors
+    assert 0 < peak <= limits.max_pending_bytes
+    assert await store.stream_version(sid) == 202
+    await store.close()
+
+
+async def test_closed_store_refuses_appends(database_url: str) -> None:
+    """After close, appends fail clearly instead of hanging."""
+    store = await EventStore.open(database_url, node=TEST_NODE)
+    await store.close()
+    with pytest.raises(StoreClosed):
+        await store.append(uuid.uuid4(), [queued()], expected_version=0)
+
+
+async def test_projections_are_updated_in_the_appending_transaction(store: EventStore) -> None:
+    """After an append commits, the projection rows already show it."""
+    cid = uuid.uuid4()
+    await store.append(cid, [CommandCreated(name="hello", script="echo hi")], expected_version=0)
+    await store.append(cid, [CommandUpdated(name="hello", script="echo bye")], expected_version=1)
+    pid = uuid.uuid4()
+    await store.append(pid, [queued(), started(), chunk(0, b"abc"), chunk(0, b"de", "stderr")],
+                       expected_version=0)
+    row = await store.pool.fetchrow("SELECT * FROM processes WHERE id = $1", pid)
+    assert row is not None
+    assert (row["status"], row["stdout_bytes"], row["stderr_bytes"], row["version"]) == ("running", 3, 2, 4)
+    command = await store.pool.fetchrow("SELECT * FROM commands WHERE id = $1", cid)
+    assert command is not None
+    assert (command["version"], command["script"]) == (2, "echo bye")
+    versions = await store.pool.fetch(
+        "SELECT version, script FROM command_versions WHERE command_id = $1 ORDER BY version", cid
+    )
+    assert [(v["version"], v["script"]) for v in versions] == [(1, "echo hi"), (2, "echo bye")]
+
+
+async def test_hash_chain_detects_a_changed_payload_byte(store: EventStore) -> None:
+    """Changing one payload byte (trigger disabled by a superuser) is found by the audit."""
+    sid = uuid.uuid4()
+    await store.append(sid, [queued(), started(), chunk(0, b"hello"), chunk(5, b"world")],
+                       expected_version=0)
+    async with store.pool.acquire() as conn:
+        assert (await verify_stream(conn, sid)).verified
+        await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
+        await conn.execute(
+            "UPDATE events SET payload = 'jello'::bytea WHERE stream_id = $1 AND version = 3", sid
+        )
+        await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+        audit = await verify_stream(conn, sid)
+        streams, bad = await verify_all(conn)
+    assert (audit.verified, audit.first_bad_version, audit.events) == (False, 3, 4)
+    assert streams == 1
+    assert [(b.stream_id, b.first_bad_version) for b in bad] == [(sid, 3)]
