@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import structlog
@@ -37,7 +39,7 @@ async def database_url(settings: Settings) -> AsyncIterator[str]:
     embedded = EmbeddedPostgres(settings.data_dir)
     try:
         admin_url = await asyncio.to_thread(embedded.start)
-    except Exception as exc:  # noqa: BLE001 -- any failure here means "no database"
+    except Exception as exc:
         raise DatabaseUnavailable(
             f"cannot start the embedded PostgreSQL in {embedded.pgdata}: {exc}"
         ) from exc
@@ -54,10 +56,9 @@ async def ensure_database(admin_url: str, name: str) -> str:
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
-            try:
+            # Another server may create it meanwhile: that is fine.
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
                 await conn.execute(f'CREATE DATABASE "{name}"')
-            except asyncpg.DuplicateDatabaseError:
-                pass  # another server created it meanwhile
     finally:
         await conn.close()
     return with_database(admin_url, name)
@@ -65,8 +66,6 @@ async def ensure_database(admin_url: str, name: str) -> str:
 
 def with_database(url: str, name: str) -> str:
     """``url`` pointing at database ``name`` instead (keeps query parameters such as host)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
 
@@ -74,7 +73,7 @@ def with_database(url: str, name: str) -> str:
 async def _connect(url: str) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(url, timeout=_CONNECT_TIMEOUT)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, ValueError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, ValueError) as exc:
         reason = str(exc) or type(exc).__name__
         raise DatabaseUnavailable(
             f"cannot connect to the database at {redact_url(url)}: {reason}"

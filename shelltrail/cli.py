@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from shelltrail import __version__, bootstrap
 from shelltrail.config import ConfigError, Settings
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"shelltrail: {exc}", file=sys.stderr)
         return 2
     configure_logging(fmt=settings.log_format, level=settings.log_level)
-    action: Callable[[Settings, argparse.Namespace], Awaitable[int]] = args.action
+    action: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = args.action
     try:
         return asyncio.run(action(settings, args))
     except DatabaseUnavailable as exc:
@@ -92,8 +93,11 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
         for difference in differences:
             print(f"difference: {difference}")
         if differences:
-            print(f"{len(differences)} difference(s) between the projections and the log "
-                  f"({count} events replayed)", file=sys.stderr)
+            print(
+                f"{len(differences)} difference(s) between the projections and the log "
+                f"({count} events replayed)",
+                file=sys.stderr,
+            )
             return 1
         print(f"projections match the log ({count} events replayed)")
         return 0

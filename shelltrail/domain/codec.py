@@ -43,9 +43,10 @@ def encode(event: DomainEvent) -> tuple[str, dict[str, Any], bytes | None]:
     data: dict[str, Any] = {}
     for f in dataclasses.fields(event):
         value = getattr(event, f.name)
-        if type(event) in _PAYLOAD_CLASSES and f.name == _PAYLOAD_FIELD:
+        if f.name == _PAYLOAD_FIELD and type(event) in _PAYLOAD_CLASSES:
+            if value is None:
+                raise ValueError(f"{type(event).__name__} without its bytes cannot be stored")
             payload = value
-            data["length"] = len(value)
             continue
         data[f.name] = _to_json(value)
     return type(event).__name__, data, payload
@@ -55,8 +56,7 @@ def decode(type_name: str, data: Any, payload: bytes | None) -> DomainEvent:
     """Rebuild an event from its stored form, refusing anything that does not fit.
 
     ``payload`` may be ``None`` for an ``OutputChunk`` when the caller only needs its
-    metadata (replay): the chunk then carries empty ``data`` and its stored ``length``
-    is checked no further.
+    metadata (replay): the chunk's ``data`` is then ``None`` too.
     """
     cls = EVENT_CLASSES.get(type_name)
     if cls is None:
@@ -64,17 +64,11 @@ def decode(type_name: str, data: Any, payload: bytes | None) -> DomainEvent:
     if not isinstance(data, dict):
         raise EventDecodeError(f"{type_name}: data is not a JSON object")
     hints = _hints(cls)
-    data = dict(data)
     kwargs: dict[str, Any] = {}
     if cls in _PAYLOAD_CLASSES:
-        length = data.pop("length", None)
-        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
-            raise EventDecodeError(f"{type_name}: 'length' must be a non-negative integer")
-        if payload is not None and len(payload) != length:
-            raise EventDecodeError(
-                f"{type_name}: payload has {len(payload)} bytes, data says {length}"
-            )
-        kwargs[_PAYLOAD_FIELD] = payload if payload is not None else b""
+        if _PAYLOAD_FIELD in data:
+            raise EventDecodeError(f"{type_name}: bytes belong in the payload, not in data")
+        kwargs[_PAYLOAD_FIELD] = payload
     unexpected = set(data) - set(hints)
     if unexpected:
         raise EventDecodeError(f"{type_name}: unexpected fields {sorted(unexpected)}")
@@ -83,8 +77,7 @@ def decode(type_name: str, data: Any, payload: bytes | None) -> DomainEvent:
             continue
         if f.name not in data:
             has_default = (
-                f.default is not dataclasses.MISSING
-                or f.default_factory is not dataclasses.MISSING
+                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
             )
             if has_default:
                 continue
@@ -93,7 +86,10 @@ def decode(type_name: str, data: Any, payload: bytes | None) -> DomainEvent:
             kwargs[f.name] = _from_json(hints[f.name], data[f.name])
         except (TypeError, ValueError) as exc:
             raise EventDecodeError(f"{type_name}.{f.name}: {exc}") from None
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise EventDecodeError(f"{type_name}: {exc}") from None
 
 
 def _to_json(value: Any) -> Any:

@@ -99,6 +99,7 @@ def evolve_command(state: CommandState | None, recorded: Recorded) -> CommandSta
             )
         case _:
             _refuse(recorded, "a command is created only once")
+    raise AssertionError("unreachable")  # pragma: no cover -- every case returns or raises
 
 
 def project_command(history: Iterable[Recorded]) -> CommandState:

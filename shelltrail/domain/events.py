@@ -92,17 +92,19 @@ class OutputChunk:
     """Bytes the run wrote to one of its streams, stored raw.
 
     ``offset`` is the position of the first byte within that stream's stored bytes, so
-    the chunks of one stream tile it without gap or overlap.
+    the chunks of one stream tile it without gap or overlap. ``data`` is ``None`` when only
+    the chunk's metadata was read (replay folds lengths, not bytes).
     """
 
     stream: OutputStream
     offset: int
+    length: int
     captured_at: datetime
-    data: bytes
+    data: bytes | None = None
 
-    @property
-    def length(self) -> int:
-        return len(self.data)
+    def __post_init__(self) -> None:
+        if self.data is not None and len(self.data) != self.length:
+            raise ValueError(f"chunk of {len(self.data)} bytes says its length is {self.length}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -71,7 +71,9 @@ class ProcessState:
         return (self.finished_at - self.started_at).total_seconds()
 
 
-def evolve_process(state: ProcessState | None, recorded: Recorded) -> ProcessState:
+def evolve_process(  # noqa: PLR0911, PLR0912 -- one case per event type reads best
+    state: ProcessState | None, recorded: Recorded
+) -> ProcessState:
     """Apply one recorded event to a process's state; refuse impossible histories."""
     event = recorded.event
     if state is None:
@@ -116,14 +118,18 @@ def evolve_process(state: ProcessState | None, recorded: Recorded) -> ProcessSta
                 _refuse(recorded, f"output from a process that is {state.status}")
             stored = state.stdout_bytes if event.stream == "stdout" else state.stderr_bytes
             if event.offset != stored:
-                _refuse(recorded, f"{event.stream} chunk at offset {event.offset}, expected {stored}")
+                _refuse(
+                    recorded, f"{event.stream} chunk at offset {event.offset}, expected {stored}"
+                )
             if event.stream == "stdout":
                 return replace(state, stdout_bytes=stored + event.length, version=v)
             return replace(state, stderr_bytes=stored + event.length, version=v)
         case OutputTruncated():
             if state.status != "running":
                 _refuse(recorded, f"output from a process that is {state.status}")
-            return replace(state, dropped_bytes=state.dropped_bytes + event.dropped_bytes, version=v)
+            return replace(
+                state, dropped_bytes=state.dropped_bytes + event.dropped_bytes, version=v
+            )
         case StopRequested():
             if state.is_terminal:
                 _refuse(recorded, f"cannot stop a process that is {state.status}")
@@ -172,9 +178,12 @@ def evolve_process(state: ProcessState | None, recorded: Recorded) -> ProcessSta
             return replace(state, deleted=True, version=v)
         case _:
             _refuse(recorded, f"{type(event).__name__} is not a process event")
+    raise AssertionError("unreachable")  # pragma: no cover -- every case returns or raises
 
 
-def project_process(history: Iterable[Recorded], *, until_version: int | None = None) -> ProcessState:
+def project_process(
+    history: Iterable[Recorded], *, until_version: int | None = None
+) -> ProcessState:
     """Fold a process's events, optionally only up to ``until_version`` (inclusive)."""
     state: ProcessState | None = None
     for recorded in history:
@@ -196,4 +205,3 @@ def _refuse(recorded: Recorded, why: str) -> NoReturn:
         f"{type(recorded.event).__name__} at version {recorded.version} "
         f"of process {recorded.stream_id}: {why}"
     )
-

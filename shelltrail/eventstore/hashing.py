@@ -52,4 +52,3 @@ def event_hash(
         h.update(struct.pack(">Q", len(payload)))
         h.update(payload)
     return h.digest()
-

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
-import asyncpg
 import structlog
+
+from shelltrail.eventstore.db import Connection
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +36,7 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
+async def migrate(conn: Connection) -> list[Migration]:
     """Apply every migration not yet recorded; return those applied now.
 
     Holds an advisory lock for the duration, so a second server starting at the same time
@@ -71,7 +72,7 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
 
-async def pending_migrations(conn: asyncpg.Connection) -> list[Migration]:
+async def pending_migrations(conn: Connection) -> list[Migration]:
     """Migrations not yet applied (all of them on an empty database)."""
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     done = set()

@@ -22,10 +22,9 @@ from shelltrail.domain import (
     evolve_command,
     evolve_process,
 )
+from shelltrail.eventstore.db import Connection
 
-PROCESS_COLUMNS: Final[tuple[str, ...]] = tuple(
-    f.name for f in dataclasses.fields(ProcessState)
-)
+PROCESS_COLUMNS: Final[tuple[str, ...]] = tuple(f.name for f in dataclasses.fields(ProcessState))
 COMMAND_COLUMNS: Final[tuple[str, ...]] = (
     "id",
     "name",
@@ -76,7 +75,7 @@ def process_to_row(state: ProcessState) -> tuple[Any, ...]:
     return tuple(row)
 
 
-def process_from_row(row: Mapping[str, Any]) -> ProcessState:
+def process_from_row(row: Mapping[str, Any] | asyncpg.Record) -> ProcessState:
     values = {name: row[name] for name in PROCESS_COLUMNS}
     values["args"] = tuple(values["args"])
     values["env_names"] = tuple(values["env_names"])
@@ -117,11 +116,11 @@ def command_version_to_row(v: CommandVersion) -> tuple[Any, ...]:
     )
 
 
-def command_version_from_row(row: Mapping[str, Any]) -> CommandVersion:
+def command_version_from_row(row: Mapping[str, Any] | asyncpg.Record) -> CommandVersion:
     return CommandVersion(**{name: row[name] for name in COMMAND_VERSION_COLUMNS})
 
 
-def command_from_row(row: Mapping[str, Any]) -> CommandState:
+def command_from_row(row: Mapping[str, Any] | asyncpg.Record) -> CommandState:
     """A command's state as stored; ``versions`` is left empty (it lives in its own table)."""
     current = CommandVersion(
         command_id=row["id"],
@@ -165,9 +164,7 @@ _INSERT_COMMAND_VERSION: Final = (
 )
 
 
-async def apply_inline(
-    conn: asyncpg.Connection, batch: Iterable[tuple[str, Recorded]]
-) -> None:
+async def apply_inline(conn: Connection, batch: Iterable[tuple[str, Recorded]]) -> None:
     """Fold a committed-to-be batch of ``(stream_type, event)`` into the projection tables.
 
     Call inside the transaction that appends the same events: the tables then never show
@@ -194,9 +191,11 @@ async def apply_inline(
         await conn.executemany(_UPSERT_PROCESS, updated)
     if command_ids:
         rows = await conn.fetch("SELECT * FROM commands WHERE id = ANY($1::uuid[])", command_ids)
-        commands: dict[uuid.UUID, CommandState | None] = {r["id"]: command_from_row(r) for r in rows}
+        commands: dict[uuid.UUID, CommandState | None] = {
+            r["id"]: command_from_row(r) for r in rows
+        }
         command_rows = []
-        version_rows = []
+        version_rows: list[tuple[Any, ...]] = []
         for sid in command_ids:
             cstate = commands.get(sid)
             known_versions = cstate.version if cstate is not None else 0
@@ -238,7 +237,7 @@ class ProjectionBuilder:
             "processes": [process_to_row(p) for p in self.processes.values()],
         }
 
-    async def write(self, conn: asyncpg.Connection, *, table_prefix: str = "") -> None:
+    async def write(self, conn: Connection, *, table_prefix: str = "") -> None:
         """COPY the rebuilt rows into ``{table_prefix}{table}`` for every projection table."""
         for table, rows in self.rows().items():
             if rows:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-import asyncpg
-
 from shelltrail.domain import DomainError, Recorded, decode
+from shelltrail.eventstore.db import Connection
 from shelltrail.eventstore.projections import TABLES, ProjectionBuilder
 
 # Replay needs each chunk's length, not its bytes: `length` is in `data`.
@@ -36,7 +35,7 @@ class Difference:
         return f"{self.table} {self.key}: {self.what}"
 
 
-async def fold_log(conn: asyncpg.Connection) -> tuple[ProjectionBuilder, int]:
+async def fold_log(conn: Connection) -> tuple[ProjectionBuilder, int]:
     """Fold every event into fresh projections. Call inside a transaction.
 
     Within one stream, position order is version order (version n+1 is written only once
@@ -59,7 +58,7 @@ async def fold_log(conn: asyncpg.Connection) -> tuple[ProjectionBuilder, int]:
     return builder, count
 
 
-async def rebuild(conn: asyncpg.Connection) -> int:
+async def rebuild(conn: Connection) -> int:
     """Replace the projection tables with a fold of the log; return the events replayed.
 
     Appends wait meanwhile (the log is locked against writes, not against reads).
@@ -72,7 +71,7 @@ async def rebuild(conn: asyncpg.Connection) -> int:
     return count
 
 
-async def check(conn: asyncpg.Connection) -> tuple[int, list[Difference]]:
+async def check(conn: Connection) -> tuple[int, list[Difference]]:
     """Rebuild into scratch tables from one snapshot and compare with the live tables."""
     async with conn.transaction(isolation="repeatable_read"):
         for table in TABLES:
@@ -87,7 +86,7 @@ async def check(conn: asyncpg.Connection) -> tuple[int, list[Difference]]:
     return count, differences
 
 
-async def _compare(conn: asyncpg.Connection, table: str, key: tuple[str, ...]) -> list[Difference]:
+async def _compare(conn: Connection, table: str, key: tuple[str, ...]) -> list[Difference]:
     on = " AND ".join(f"l.{k} = r.{k}" for k in key)
     rows = await conn.fetch(
         f"SELECT to_jsonb(l) AS live, to_jsonb(r) AS rebuilt FROM {table} l "

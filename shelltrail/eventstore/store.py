@@ -7,18 +7,16 @@ else is called on the loop.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Final
+from typing import Final
 
 import asyncpg
 import structlog
 
 from shelltrail.domain import DomainEvent
-from shelltrail.eventstore.hashing import canonical_json
+from shelltrail.eventstore.db import create_pool
 from shelltrail.eventstore.records import (
     EVENT_COLUMNS,
     START,
@@ -34,37 +32,6 @@ log = structlog.get_logger(__name__)
 PAGE_SIZE: Final = 1000
 
 
-async def init_connection(conn: asyncpg.Connection) -> None:
-    """Decode ``jsonb`` to Python values; encode values (or ready JSON text) to ``jsonb``.
-
-    The binary format (a version byte, then the JSON text) lets COPY carry ``jsonb`` too.
-    """
-    await conn.set_type_codec(
-        "jsonb",
-        schema="pg_catalog",
-        encoder=_encode_jsonb,
-        decoder=_decode_jsonb,
-        format="binary",
-    )
-
-
-def _encode_jsonb(value: Any) -> bytes:
-    text = value if isinstance(value, str) else canonical_json(value)
-    return b"\x01" + text.encode()
-
-
-def _decode_jsonb(raw: bytes) -> Any:
-    return json.loads(raw[1:])
-
-
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection
-    )
-    assert pool is not None
-    return pool
-
-
 class EventStore:
     """Append-only event log over one connection pool."""
 
@@ -74,7 +41,7 @@ class EventStore:
         *,
         dsn: str,
         node: str,
-        limits: WriterLimits = WriterLimits(),
+        limits: WriterLimits | None = None,
     ) -> None:
         self.pool = pool
         self.node = node
@@ -82,13 +49,17 @@ class EventStore:
         self.hub = SubscriptionHub()
         self.healthy = True
         self._writer = EventWriter(
-            pool, node=node, publish=self.hub.publish, limits=limits, on_health=self._set_health
+            pool,
+            node=node,
+            publish=self.hub.publish,
+            limits=limits or WriterLimits(),
+            on_health=self._set_health,
         )
         self._listener: asyncpg.Connection | None = None
 
     @classmethod
     async def open(
-        cls, dsn: str, *, node: str, limits: WriterLimits = WriterLimits(), pool_size: int = 10
+        cls, dsn: str, *, node: str, limits: WriterLimits | None = None, pool_size: int = 10
     ) -> EventStore:
         pool = await create_pool(dsn, max_size=pool_size)
         store = cls(pool, dsn=dsn, node=node, limits=limits)
@@ -198,7 +169,9 @@ class EventStore:
         self._listener = await asyncpg.connect(self._dsn)
         await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if not isinstance(payload, str):
+            return
         node, _, rest = payload.partition(" ")
         if node == self.node:
             return  # our own writer already published these
@@ -212,8 +185,3 @@ class EventStore:
             except ValueError:
                 log.warning("ignoring a malformed notification", payload=payload[:200])
                 return
-
-
-async def wait_for(future: concurrent.futures.Future[Any], timeout: float | None = None) -> Any:
-    """Await a thread-side future from the loop without blocking it."""
-    return await asyncio.wait_for(asyncio.wrap_future(future), timeout)

@@ -59,7 +59,11 @@ class SubscriptionHub:
 
     def poke(self, stream_id: uuid.UUID | None) -> None:
         """Tell followers of a stream (or of all, for ``None``) to read from the database."""
-        groups = self._followers.values() if stream_id is None else [self._followers.get(stream_id, set())]
+        groups = (
+            self._followers.values()
+            if stream_id is None
+            else [self._followers.get(stream_id, set())]
+        )
         for group in groups:
             for follower in group:
                 follower.offer(CATCH_UP)
@@ -79,30 +83,19 @@ class SubscriptionHub:
         self._followers.setdefault(stream_id, set()).add(follower)
         last = after
         try:
+            catch_up = True  # history first
             while True:
-                page = await read_page(stream_id, last)
-                for event in page:
-                    yield event
-                    last = event.version
-                if not page:
-                    break
-            while True:
+                if catch_up:
+                    while page := await read_page(stream_id, last):
+                        for event in page:
+                            yield event
+                            last = event.version
                 item = await follower.queue.get()
-                if isinstance(item, StoredEvent):
-                    if item.version <= last:
-                        continue
-                    if item.version == last + 1:
-                        yield item
-                        last = item.version
-                        continue
-                # A gap (an event written by another node) or a catch-up request.
-                while True:
-                    page = await read_page(stream_id, last)
-                    for event in page:
-                        yield event
-                        last = event.version
-                    if not page:
-                        break
+                # Read from the database on request, or on a gap (another node wrote).
+                catch_up = not isinstance(item, StoredEvent) or item.version > last + 1
+                if isinstance(item, StoredEvent) and item.version == last + 1:
+                    yield item
+                    last = item.version
         finally:
             group = self._followers.get(stream_id)
             if group is not None:

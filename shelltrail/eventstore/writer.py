@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ import structlog
 
 from shelltrail.domain import DomainEvent, EventDecodeError, InvalidTransition, Recorded, encode
 from shelltrail.domain import stream_type_of as _stream_type_of
+from shelltrail.eventstore.db import Connection
 from shelltrail.eventstore.errors import ConcurrencyError, StoreClosed
 from shelltrail.eventstore.hashing import GENESIS_HASH, canonical_json, event_hash
 from shelltrail.eventstore.projections import apply_inline
@@ -212,10 +214,9 @@ class EventWriter:
                 return
             self._wake_scheduled = True
         assert self._wake is not None
-        try:
+        # A closed loop raises RuntimeError: nothing will ever write again, and close() said so.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._wake.set)
-        except RuntimeError:  # the loop is closed: nothing will ever write again
-            pass
 
     # --- writing ------------------------------------------------------------------------
 
@@ -230,7 +231,7 @@ class EventWriter:
                 batch = self._take_batch()
                 try:
                     await self._write(batch)
-                except Exception as exc:  # noqa: BLE001 -- the writer must outlive any bug
+                except Exception as exc:
                     log.exception("append batch failed unexpectedly")
                     self._finish(batch, [exc] * len(batch))
             if self._closing and not self._queue:
@@ -282,87 +283,84 @@ class EventWriter:
             break
         self._finish(batch, outcomes)
 
-    async def _commit(
-        self, batch: list[_Pending]
-    ) -> list[list[StoredEvent] | BaseException]:
-        async with self._pool.acquire() as conn:
-            async with conn.transaction():
-                await self._load_heads(conn, {p.stream_id for p in batch})
-                heads = dict(self._heads)
-                outcomes: list[list[StoredEvent] | BaseException] = []
-                records: list[tuple[Any, ...]] = []
-                recorded: list[tuple[str, Recorded]] = []
-                now = datetime.now(UTC)
-                for pending in batch:
-                    version, previous = heads.get(pending.stream_id, (0, GENESIS_HASH))
-                    expected = pending.expected_version
-                    if expected is not None and expected != version:
-                        outcomes.append(ConcurrencyError(pending.stream_id, expected, version))
-                        continue
-                    stored = []
-                    for event, (type_name, data, payload) in zip(
-                        pending.events, pending.encoded, strict=True
-                    ):
-                        version += 1
-                        data_json = canonical_json(data)
-                        previous = event_hash(
-                            previous,
+    async def _commit(self, batch: list[_Pending]) -> list[list[StoredEvent] | BaseException]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._load_heads(conn, {p.stream_id for p in batch})
+            heads = dict(self._heads)
+            outcomes: list[list[StoredEvent] | BaseException] = []
+            records: list[tuple[Any, ...]] = []
+            recorded: list[tuple[str, Recorded]] = []
+            now = datetime.now(UTC)
+            for pending in batch:
+                version, previous = heads.get(pending.stream_id, (0, GENESIS_HASH))
+                expected = pending.expected_version
+                if expected is not None and expected != version:
+                    outcomes.append(ConcurrencyError(pending.stream_id, expected, version))
+                    continue
+                stored = []
+                for event, (type_name, data, payload) in zip(
+                    pending.events, pending.encoded, strict=True
+                ):
+                    version += 1
+                    data_json = canonical_json(data)
+                    previous = event_hash(
+                        previous,
+                        stream_id=pending.stream_id,
+                        version=version,
+                        type_name=type_name,
+                        data_json=data_json,
+                        recorded_at=now,
+                        payload=payload,
+                    )
+                    stored.append(
+                        StoredEvent(
                             stream_id=pending.stream_id,
+                            stream_type=pending.stream_type,
                             version=version,
-                            type_name=type_name,
-                            data_json=data_json,
-                            recorded_at=now,
+                            type=type_name,
+                            data=data,
                             payload=payload,
+                            recorded_at=now,
+                            hash=previous,
                         )
-                        stored.append(
-                            StoredEvent(
+                    )
+                    records.append(
+                        (
+                            pending.stream_id,
+                            pending.stream_type,
+                            version,
+                            type_name,
+                            data_json,
+                            payload,
+                            now,
+                            previous,
+                        )
+                    )
+                    recorded.append(
+                        (
+                            pending.stream_type,
+                            Recorded(
                                 stream_id=pending.stream_id,
-                                stream_type=pending.stream_type,
                                 version=version,
-                                type=type_name,
-                                data=data,
-                                payload=payload,
                                 recorded_at=now,
-                                hash=previous,
-                            )
+                                event=event,
+                            ),
                         )
-                        records.append(
-                            (
-                                pending.stream_id,
-                                pending.stream_type,
-                                version,
-                                type_name,
-                                data_json,
-                                payload,
-                                now,
-                                previous,
-                            )
-                        )
-                        recorded.append(
-                            (
-                                pending.stream_type,
-                                Recorded(
-                                    stream_id=pending.stream_id,
-                                    version=version,
-                                    recorded_at=now,
-                                    event=event,
-                                ),
-                            )
-                        )
-                    heads[pending.stream_id] = (version, previous)
-                    outcomes.append(stored)
-                if records:
-                    await conn.copy_records_to_table(
-                        "events", records=records, columns=_EVENT_COLUMNS
                     )
-                    await apply_inline(conn, recorded)
-                    await conn.execute(
-                        "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, self._notify_payload(heads, batch)
-                    )
+                heads[pending.stream_id] = (version, previous)
+                outcomes.append(stored)
+            if records:
+                await conn.copy_records_to_table("events", records=records, columns=_EVENT_COLUMNS)
+                await apply_inline(conn, recorded)
+                await conn.execute(
+                    "SELECT pg_notify($1, $2)",
+                    NOTIFY_CHANNEL,
+                    self._notify_payload(heads, batch),
+                )
         self._heads = heads
         return outcomes
 
-    async def _load_heads(self, conn: asyncpg.Connection, stream_ids: set[uuid.UUID]) -> None:
+    async def _load_heads(self, conn: Connection, stream_ids: set[uuid.UUID]) -> None:
         missing = [sid for sid in stream_ids if sid not in self._heads]
         if not missing:
             return
@@ -386,7 +384,9 @@ class EventWriter:
         self, heads: dict[uuid.UUID, tuple[int, bytes]], batch: list[_Pending]
     ) -> str:
         streams = {p.stream_id for p in batch}
-        text = self._node + " " + " ".join(f"{sid}:{heads[sid][0]}" for sid in streams if sid in heads)
+        text = (
+            self._node + " " + " ".join(f"{sid}:{heads[sid][0]}" for sid in streams if sid in heads)
+        )
         return text if len(text) <= _NOTIFY_LIMIT else f"{self._node} *"
 
     def _finish(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import uuid
 from datetime import UTC, datetime
 
@@ -42,7 +41,7 @@ def started() -> Started:
 
 
 def chunk(offset: int, data: bytes, stream: str = "stdout") -> OutputChunk:
-    return OutputChunk(stream=stream, offset=offset, captured_at=NOW, data=data)  # type: ignore[arg-type]
+    return OutputChunk(stream=stream, offset=offset, length=len(data), captured_at=NOW, data=data)  # type: ignore[arg-type]
 
 
 async def test_append_then_read_back_byte_exact(store: EventStore) -> None:
@@ -52,7 +51,11 @@ async def test_append_then_read_back_byte_exact(store: EventStore) -> None:
     stored = await store.append(sid, [queued(), started(), chunk(0, raw)], expected_version=0)
     assert [e.version for e in stored] == [1, 2, 3]
     read = await store.read_stream(sid)
-    assert [(e.version, e.type) for e in read] == [(1, "Queued"), (2, "Started"), (3, "OutputChunk")]
+    assert [(e.version, e.type) for e in read] == [
+        (1, "Queued"),
+        (2, "Started"),
+        (3, "OutputChunk"),
+    ]
     assert read[2].payload == raw
     assert read[2].recorded().event == chunk(0, raw)
     assert [e.hash for e in read] == [e.hash for e in stored]
@@ -72,7 +75,9 @@ async def test_stale_expected_version_is_a_conflict(store: EventStore) -> None:
     assert await store.stream_version(sid) == 3
 
 
-async def test_two_stores_racing_on_one_stream_conflict(database_url: str, store: EventStore) -> None:
+async def test_two_stores_racing_on_one_stream_conflict(
+    database_url: str, store: EventStore
+) -> None:
     """The UNIQUE(stream_id, version) guard catches a writer whose head was stale."""
     sid = uuid.uuid4()
     await store.append(sid, [queued(), started()], expected_version=0)
@@ -138,7 +143,8 @@ async def test_global_reader_never_skips_or_repeats(database_url: str) -> None:
                 # Insert, then hold the transaction open for a while: positions are taken
                 # now, commits happen later and out of order.
                 await conn.execute(
-                    "INSERT INTO events (stream_id, stream_type, version, type, data, recorded_at, hash)"
+                    "INSERT INTO events"
+                    " (stream_id, stream_type, version, type, data, recorded_at, hash)"
                     " VALUES ($1, 'process', 1, 'Queued', '{}', now(), $2)",
                     sid,
                     bytes(32),
@@ -155,7 +161,8 @@ async def test_global_reader_never_skips_or_repeats(database_url: str) -> None:
             finished = done.is_set()
             page = await reader.read_all(after=position, limit=50)
             for event in page:
-                assert event.position is not None and event.position > position
+                assert event.position is not None
+                assert event.position > position
                 position = event.position
                 seen.append((event.stream_id, event.version))
             if finished and not page:
@@ -189,7 +196,9 @@ async def test_read_all_pages_in_a_stable_order(store: EventStore) -> None:
     assert len(once) == 10
 
 
-async def test_subscription_gives_history_then_live_without_gap_or_repeat(store: EventStore) -> None:
+async def test_subscription_gives_history_then_live_without_gap_or_repeat(
+    store: EventStore,
+) -> None:
     """A follower that joins mid-run gets every version exactly once, in order."""
     sid = uuid.uuid4()
     await store.append(sid, [queued(), started()], expected_version=0)
@@ -210,7 +219,9 @@ async def test_subscription_gives_history_then_live_without_gap_or_repeat(store:
             offset += len(data)
             if i == 100:
                 follower_task.set_name("joined")
-        await store.append(sid, [Exited(exit_code=0, signal=None, finished_at=NOW)], expected_version=2 + total)
+        await store.append(
+            sid, [Exited(exit_code=0, signal=None, finished_at=NOW)], expected_version=2 + total
+        )
 
     producer = asyncio.create_task(produce())
     await asyncio.sleep(0.05)  # join while the run is producing
@@ -259,7 +270,7 @@ async def test_appends_from_threads_block_when_the_writer_is_behind(database_url
                 futures.append(
                     store.append_from_thread(sid, [chunk(offset, data)], expected_version=version)
                 )
-                peak = max(peak, store.writer._pending_bytes)  # noqa: SLF001 -- the bound under test
+                peak = max(peak, store.writer._pending_bytes)
                 offset += len(data)
                 version += 1
             for f in futures:
@@ -267,11 +278,8 @@ async def test_appends_from_threads_block_when_the_writer_is_behind(database_url
         except BaseException as exc:  # noqa: BLE001 -- reported to the test below
             errors.append(exc)
 
-    thread = threading.Thread(target=produce)
-    thread.start()
-    while thread.is_alive():
-        await asyncio.sleep(0.01)
-    thread.join()
+    # Run the producer in a thread while the loop keeps writing.
+    await asyncio.to_thread(produce)
     assert not errors
     assert 0 < peak <= limits.max_pending_bytes
     assert await store.stream_version(sid) == 202
@@ -292,11 +300,17 @@ async def test_projections_are_updated_in_the_appending_transaction(store: Event
     await store.append(cid, [CommandCreated(name="hello", script="echo hi")], expected_version=0)
     await store.append(cid, [CommandUpdated(name="hello", script="echo bye")], expected_version=1)
     pid = uuid.uuid4()
-    await store.append(pid, [queued(), started(), chunk(0, b"abc"), chunk(0, b"de", "stderr")],
-                       expected_version=0)
+    await store.append(
+        pid, [queued(), started(), chunk(0, b"abc"), chunk(0, b"de", "stderr")], expected_version=0
+    )
     row = await store.pool.fetchrow("SELECT * FROM processes WHERE id = $1", pid)
     assert row is not None
-    assert (row["status"], row["stdout_bytes"], row["stderr_bytes"], row["version"]) == ("running", 3, 2, 4)
+    assert (row["status"], row["stdout_bytes"], row["stderr_bytes"], row["version"]) == (
+        "running",
+        3,
+        2,
+        4,
+    )
     command = await store.pool.fetchrow("SELECT * FROM commands WHERE id = $1", cid)
     assert command is not None
     assert (command["version"], command["script"]) == (2, "echo bye")
@@ -309,8 +323,9 @@ async def test_projections_are_updated_in_the_appending_transaction(store: Event
 async def test_hash_chain_detects_a_changed_payload_byte(store: EventStore) -> None:
     """Changing one payload byte (trigger disabled by a superuser) is found by the audit."""
     sid = uuid.uuid4()
-    await store.append(sid, [queued(), started(), chunk(0, b"hello"), chunk(5, b"world")],
-                       expected_version=0)
+    await store.append(
+        sid, [queued(), started(), chunk(0, b"hello"), chunk(5, b"world")], expected_version=0
+    )
     async with store.pool.acquire() as conn:
         assert (await verify_stream(conn, sid)).verified
         await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
@@ -30,7 +31,7 @@ from shelltrail.domain import (
 from tests.strategies import T0, command_histories, process_histories
 
 
-def record(stream_id: uuid.UUID, events: list[ProcessEvent] | list[DomainEvent]) -> list[Recorded]:
+def record(stream_id: uuid.UUID, events: Sequence[DomainEvent]) -> list[Recorded]:
     return [
         Recorded(stream_id=stream_id, version=i, recorded_at=T0 + timedelta(seconds=i), event=e)
         for i, e in enumerate(events, start=1)
@@ -45,7 +46,7 @@ def test_valid_process_histories_fold_deterministically(events: list[ProcessEven
     assert project_process(history) == state
     assert state.version == len(events)
     for stream in ("stdout", "stderr"):
-        total = sum(len(e.data) for e in events if isinstance(e, OutputChunk) and e.stream == stream)
+        total = sum(e.length for e in events if isinstance(e, OutputChunk) and e.stream == stream)
         assert getattr(state, f"{stream}_bytes") == total
 
 
@@ -76,7 +77,9 @@ def test_status_follows_the_exit_code() -> None:
     ok = project_process(record(sid, [*base, Exited(exit_code=0, signal=None, finished_at=T0)]))
     bad = project_process(record(sid, [*base, Exited(exit_code=3, signal=None, finished_at=T0)]))
     killed = project_process(
-        record(sid, [*base, Killed(signal=9, reason="timeout", finished_at=T0 + timedelta(seconds=2))])
+        record(
+            sid, [*base, Killed(signal=9, reason="timeout", finished_at=T0 + timedelta(seconds=2))]
+        )
     )
     assert (ok.status, bad.status, bad.exit_code) == ("succeeded", "failed", 3)
     assert (killed.status, killed.signal, killed.stop_reason) == ("killed", 9, "timeout")
@@ -84,7 +87,7 @@ def test_status_follows_the_exit_code() -> None:
 
 
 def _chunk(offset: int = 0, stream: str = "stdout") -> OutputChunk:
-    return OutputChunk(stream=stream, offset=offset, captured_at=T0, data=b"x")  # type: ignore[arg-type]
+    return OutputChunk(stream=stream, offset=offset, length=1, captured_at=T0, data=b"x")  # type: ignore[arg-type]
 
 
 QUEUED = Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="x")
@@ -99,7 +102,10 @@ EXITED = Exited(exit_code=0, signal=None, finished_at=T0)
         ([QUEUED, _chunk()], "output from a process that is queued"),
         ([QUEUED, STARTED, EXITED, _chunk()], "output from a process that is succeeded"),
         ([QUEUED, STARTED, EXITED, EXITED], "cannot exit"),
-        ([QUEUED, STARTED, EXITED, Killed(signal=9, reason="user", finished_at=T0)], "cannot be killed"),
+        (
+            [QUEUED, STARTED, EXITED, Killed(signal=9, reason="user", finished_at=T0)],
+            "cannot be killed",
+        ),
         ([QUEUED, STARTED, STARTED], "cannot start"),
         ([QUEUED, QUEUED], "already queued"),
         ([QUEUED, STARTED, _chunk(offset=5)], "offset 5, expected 0"),
@@ -142,15 +148,41 @@ def test_command_created_twice_is_refused() -> None:
         ("Vanished", {}, None, "unknown event type 'Vanished'"),
         ("Started", [], None, "not a JSON object"),
         ("Started", {"pid": 1, "pgid": 1, "node": "n"}, None, "missing field 'started_at'"),
-        ("Started", {"pid": "1", "pgid": 1, "node": "n", "started_at": "2026-01-01T00:00:00+00:00"},
-         None, "Started.pid: must be an integer"),
+        (
+            "Started",
+            {"pid": "1", "pgid": 1, "node": "n", "started_at": "2026-01-01T00:00:00+00:00"},
+            None,
+            "Started.pid: must be an integer",
+        ),
         ("CommandDeleted", {"extra": 1}, None, "unexpected fields"),
-        ("OutputChunk", {"stream": "stdout", "offset": 0, "captured_at": "2026-01-01T00:00:00+00:00",
-                         "length": 3}, b"ab", "payload has 2 bytes, data says 3"),
-        ("OutputChunk", {"stream": "stdin", "offset": 0, "captured_at": "2026-01-01T00:00:00+00:00",
-                         "length": 0}, b"", "'stdin' is not one of"),
-        ("Started", {"pid": 1, "pgid": 1, "node": "n", "started_at": "2026-01-01T00:00:00"},
-         None, "must carry a UTC offset"),
+        (
+            "OutputChunk",
+            {
+                "stream": "stdout",
+                "offset": 0,
+                "captured_at": "2026-01-01T00:00:00+00:00",
+                "length": 3,
+            },
+            b"ab",
+            "chunk of 2 bytes says its length is 3",
+        ),
+        (
+            "OutputChunk",
+            {
+                "stream": "stdin",
+                "offset": 0,
+                "captured_at": "2026-01-01T00:00:00+00:00",
+                "length": 0,
+            },
+            b"",
+            "'stdin' is not one of",
+        ),
+        (
+            "Started",
+            {"pid": 1, "pgid": 1, "node": "n", "started_at": "2026-01-01T00:00:00"},
+            None,
+            "must carry a UTC offset",
+        ),
     ],
 )
 def test_undecodable_rows_are_refused(
