@@ -19,6 +19,7 @@ import pytest
 from shelltrail.bootstrap import migrate_database, with_database
 from shelltrail.eventstore import EventStore
 from shelltrail.eventstore.embedded import EmbeddedPostgres
+from shelltrail.logs import configure_logging
 
 TEST_NODE = "test-node"
 
@@ -89,3 +90,9 @@ def empty_database_url(server_url: str) -> Iterator[str]:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_logs() -> None:
+    """Warnings and errors only: pytest shows them with a failing test."""
+    configure_logging(fmt="console", level="WARNING")

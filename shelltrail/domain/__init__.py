@@ -28,6 +28,7 @@ from shelltrail.domain.events import (
     Queued,
     Recorded,
     Started,
+    StartFailed,
     StopRequested,
 )
 from shelltrail.domain.process import (
@@ -61,6 +62,7 @@ __all__ = [
     "ProcessStatus",
     "Queued",
     "Recorded",
+    "StartFailed",
     "Started",
     "StopRequested",
     "decode",

@@ -75,6 +75,16 @@ class Queued:
     timeout_seconds: float | None = None
     requested_by: str | None = None
     idempotency_key: str | None = None
+    #: The server that accepted the run and keeps it in its queue.
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartFailed:
+    """The run could not be started (e.g. its working directory or bash was unavailable)."""
+
+    reason: str
+    failed_at: datetime
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +180,7 @@ class Deleted:
 CommandEvent: TypeAlias = CommandCreated | CommandUpdated | CommandDeleted
 ProcessEvent: TypeAlias = (
     Queued
+    | StartFailed
     | Started
     | OutputChunk
     | OutputTruncated
@@ -188,6 +199,7 @@ COMMAND_EVENT_TYPES: tuple[type[CommandEvent], ...] = (
 )
 PROCESS_EVENT_TYPES: tuple[type[ProcessEvent], ...] = (
     Queued,
+    StartFailed,
     Started,
     OutputChunk,
     OutputTruncated,
@@ -197,7 +209,7 @@ PROCESS_EVENT_TYPES: tuple[type[ProcessEvent], ...] = (
     Lost,
     Deleted,
 )
-TERMINAL_EVENT_TYPES: tuple[type[ProcessEvent], ...] = (Exited, Killed, Lost)
+TERMINAL_EVENT_TYPES: tuple[type[ProcessEvent], ...] = (Exited, Killed, Lost, StartFailed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

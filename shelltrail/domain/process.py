@@ -20,6 +20,7 @@ from shelltrail.domain.events import (
     Queued,
     Recorded,
     Started,
+    StartFailed,
     StopReason,
     StopRequested,
 )
@@ -89,6 +90,7 @@ def evolve_process(  # noqa: PLR0911, PLR0912 -- one case per event type reads b
             timeout_seconds=event.timeout_seconds,
             requested_by=event.requested_by,
             idempotency_key=event.idempotency_key,
+            node=event.node,
             created_at=recorded.recorded_at,
             version=recorded.version,
         )
@@ -101,6 +103,10 @@ def evolve_process(  # noqa: PLR0911, PLR0912 -- one case per event type reads b
     match event:
         case Queued():
             _refuse(recorded, "the process is already queued")
+        case StartFailed():
+            if state.status != "queued":
+                _refuse(recorded, f"a process that is {state.status} cannot fail to start")
+            return replace(state, status="failed", finished_at=event.failed_at, version=v)
         case Started():
             if state.status != "queued":
                 _refuse(recorded, f"cannot start a process that is {state.status}")

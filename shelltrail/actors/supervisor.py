@@ -1,0 +1,299 @@
+"""The façade the HTTP layer calls: start, stop and shut down runs.
+
+Call every coroutine here on the event loop. Nothing here waits on an actor: the loop tells
+actors what to do, and actors report back through ``loop.call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import signal as signals
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import pykka
+import structlog
+
+from shelltrail.actors.process_actor import ProcessActor, RunnerConfig, RunSpec, Stop
+from shelltrail.actors.tree import OrphanReaper, Sweeper, become_subreaper, kill_marked
+from shelltrail.domain import (
+    CommandVersion,
+    Killed,
+    Lost,
+    ProcessEvent,
+    Queued,
+    StopRequested,
+    script_sha256,
+)
+from shelltrail.domain.events import StopReason
+from shelltrail.eventstore import EventStore, StoredEvent
+
+log = structlog.get_logger(__name__)
+
+_REAP_INTERVAL: Final = 1.0
+
+
+class QueueFull(Exception):
+    """Too many runs are waiting; the caller should retry later."""
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__("too many runs are queued; retry later")
+
+
+class ShuttingDown(Exception):
+    """The server is shutting down and starts no more runs."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisorLimits:
+    max_running: int = 256
+    max_queued: int = 10_000
+    max_output_bytes: int = 1024**3
+    shutdown_grace_seconds: float = 5.0
+
+
+class _RunHandle:
+    """An actor and the wake-up pipe that interrupts its ``select``. Loop side."""
+
+    def __init__(self, actor_ref: pykka.ActorRef[ProcessActor], wake_w: int) -> None:
+        self.actor_ref = actor_ref
+        self._wake_w = wake_w
+
+    def tell(self, message: object) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(message)
+        # A full pipe already holds a wake-up; a closed one means the run has ended.
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+
+class ProcessSupervisor:
+    """Owns the running actors, the FIFO queue beyond ``max_running``, and shutdown."""
+
+    def __init__(self, store: EventStore, config: RunnerConfig, limits: SupervisorLimits) -> None:
+        self._store = store
+        self._config = config
+        self._limits = limits
+        self._reaper = OrphanReaper()
+        self._sweeper = Sweeper(self._reaper)
+        self._running: dict[uuid.UUID, _RunHandle] = {}
+        self._queue: collections.OrderedDict[uuid.UUID, RunSpec] = collections.OrderedDict()
+        #: Resolved when a run accepted here has ended and its last events are committed.
+        self._ended: dict[uuid.UUID, asyncio.Future[None]] = {}
+        self._closing = False
+        self._reaper_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    @property
+    def queued_count(self) -> int:
+        return len(self._queue)
+
+    async def start(self) -> None:
+        """Adopt orphans, close runs a previous server left behind, start reaping."""
+        self._loop = asyncio.get_running_loop()
+        if not become_subreaper():
+            log.warning("cannot become a child subreaper; orphans go to PID 1")
+        self._config.runs_dir.mkdir(parents=True, exist_ok=True)
+        await self.recover()
+        self._reaper_task = asyncio.create_task(self._reap_periodically(), name="orphan-reaper")
+
+    # --- starting -------------------------------------------------------------------------
+
+    async def start_run(
+        self,
+        command: CommandVersion,
+        *,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        timeout_seconds: float | None = None,
+        requested_by: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> list[StoredEvent]:
+        """Queue a run of ``command``; it starts now if a slot is free. Returns its events.
+
+        Raises :class:`QueueFull` when no slot is free and the queue is full.
+        """
+        if self._closing:
+            raise ShuttingDown("the server is shutting down")
+        if len(self._running) >= self._limits.max_running and (
+            len(self._queue) >= self._limits.max_queued
+        ):
+            raise QueueFull(retry_after=1)
+        run_env = {**command.env, **(env or {})}
+        timeout = timeout_seconds if timeout_seconds is not None else command.timeout_seconds
+        process_id = uuid.uuid4()
+        queued = Queued(
+            command_id=command.command_id,
+            command_version=command.version,
+            script_sha256=script_sha256(command.script),
+            args=tuple(args),
+            env_names=tuple(sorted(run_env)),
+            timeout_seconds=timeout,
+            requested_by=requested_by,
+            idempotency_key=idempotency_key,
+            node=self._config.node,
+        )
+        stored = await self._store.append(process_id, [queued], expected_version=0)
+        spec = RunSpec(
+            process_id=process_id,
+            script=command.script,
+            args=tuple(args),
+            env=run_env,
+            timeout_seconds=timeout,
+            max_output_bytes=command.max_output_bytes or self._limits.max_output_bytes,
+            output_limit_policy=command.output_limit_policy,
+            version=1,
+        )
+        self._queue[process_id] = spec
+        self._ended[process_id] = asyncio.get_running_loop().create_future()
+        self._start_waiting()
+        return stored
+
+    def _start_waiting(self) -> None:
+        while self._queue and len(self._running) < self._limits.max_running and not self._closing:
+            _, spec = self._queue.popitem(last=False)
+            self._launch(spec)
+
+    def _launch(self, spec: RunSpec) -> None:
+        loop = asyncio.get_running_loop()
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+        def finished(process_id: uuid.UUID) -> None:  # runs in the actor's thread
+            os.close(wake_r)
+            loop.call_soon_threadsafe(self._finished, process_id, wake_w)
+
+        actor_ref = ProcessActor.start(
+            spec,
+            self._config,
+            sink=self._store.append_from_thread,
+            sweeper=self._sweeper,
+            reaper=self._reaper,
+            wake_fd=wake_r,
+            on_finished=finished,
+        )
+        self._running[spec.process_id] = _RunHandle(actor_ref, wake_w)
+
+    def _finished(self, process_id: uuid.UUID, wake_w: int) -> None:
+        os.close(wake_w)
+        self._running.pop(process_id, None)
+        self._mark_ended(process_id)
+        self._start_waiting()
+
+    def _mark_ended(self, process_id: uuid.UUID) -> None:
+        ended = self._ended.pop(process_id, None)
+        if ended is not None and not ended.done():
+            ended.set_result(None)
+
+    # --- stopping -------------------------------------------------------------------------
+
+    async def stop_run(
+        self,
+        process_id: uuid.UUID,
+        *,
+        signal: int = signals.SIGTERM,
+        grace_seconds: float = 10.0,
+        reason: StopReason = "user",
+        requested_by: str | None = None,
+    ) -> bool:
+        """Ask a run of this server to stop; False if it is neither running nor queued here."""
+        handle = self._running.get(process_id)
+        if handle is not None:
+            handle.tell(
+                Stop(
+                    signal=signal,
+                    grace_seconds=grace_seconds,
+                    reason=reason,
+                    requested_by=requested_by,
+                )
+            )
+            return True
+        spec = self._queue.pop(process_id, None)
+        if spec is None:
+            return False
+        await self._cancel_queued(spec, signal, grace_seconds, reason, requested_by)
+        return True
+
+    async def _cancel_queued(
+        self,
+        spec: RunSpec,
+        signal: int,
+        grace_seconds: float,
+        reason: StopReason,
+        requested_by: str | None,
+    ) -> None:
+        events: list[ProcessEvent] = [
+            StopRequested(
+                reason=reason, signal=signal, grace_seconds=grace_seconds, requested_by=requested_by
+            ),
+            Killed(signal=signal, reason=reason, finished_at=datetime.now(UTC)),
+        ]
+        try:
+            await self._store.append(spec.process_id, events, expected_version=spec.version)
+        finally:
+            self._mark_ended(spec.process_id)
+
+    async def wait_finished(self, process_id: uuid.UUID) -> None:
+        """Wait until a run accepted here has ended and its last events are committed."""
+        ended = self._ended.get(process_id)
+        if ended is not None:
+            await asyncio.shield(ended)
+
+    async def shutdown(self, grace_seconds: float | None = None) -> None:
+        """Start nothing more, stop every run with reason ``shutdown``, wait for them."""
+        grace = self._limits.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        self._closing = True
+        queued = list(self._queue.values())
+        self._queue.clear()
+        for spec in queued:
+            await self._cancel_queued(spec, signals.SIGTERM, grace, "shutdown", None)
+        handles = list(self._running.values())
+        for handle in handles:
+            handle.tell(Stop(signal=signals.SIGTERM, grace_seconds=grace, reason="shutdown"))
+        if self._ended:
+            await asyncio.gather(*(asyncio.shield(f) for f in self._ended.values()))
+        if self._reaper_task is not None:
+            self._reaper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper_task
+        log.info("all runs stopped", stopped=len(handles), cancelled=len(queued))
+
+    # --- recovery -------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Close with ``Lost`` every unfinished run this node owned before a restart.
+
+        Any of their processes still alive (children that outlived a crashed server) are
+        killed first, found by their marker.
+        """
+        rows = await self._store.pool.fetch(
+            "SELECT id, status, version FROM processes "
+            "WHERE status IN ('queued', 'running') AND node = $1",
+            self._config.node,
+        )
+        rows = [r for r in rows if r["id"] not in self._running and r["id"] not in self._queue]
+        if not rows:
+            return 0
+        markers = {str(r["id"]) for r in rows}
+        killed = await asyncio.to_thread(kill_marked, markers)
+        now = datetime.now(UTC)
+        for row in rows:
+            lost = Lost(node=self._config.node, last_status=row["status"], detected_at=now)
+            await self._store.append(row["id"], [lost], expected_version=row["version"])
+        log.warning("closed runs lost by a previous server", runs=len(rows), killed=killed)
+        return len(rows)
+
+    async def _reap_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(_REAP_INTERVAL)
+            await asyncio.to_thread(self._reaper.reap)

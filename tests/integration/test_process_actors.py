@@ -1,0 +1,405 @@
+"""Process actors with real processes and real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from shelltrail.actors import (
+    MARKER,
+    ProcessSupervisor,
+    QueueFull,
+    RunnerConfig,
+    SupervisorLimits,
+)
+from shelltrail.actors.tree import find_marked
+from shelltrail.domain import CommandVersion
+from shelltrail.domain.events import OutputLimitPolicy
+from shelltrail.eventstore import EventStore, StoredEvent
+from tests.conftest import TEST_NODE
+
+
+def command(
+    script: str,
+    *,
+    env: dict[str, str] | None = None,
+    timeout_seconds: float | None = None,
+    max_output_bytes: int | None = None,
+    policy: OutputLimitPolicy = "truncate",
+) -> CommandVersion:
+    return CommandVersion(
+        command_id=uuid.uuid4(),
+        version=1,
+        name="test",
+        script=script,
+        description=None,
+        timeout_seconds=timeout_seconds,
+        env=env or {},
+        max_output_bytes=max_output_bytes,
+        output_limit_policy=policy,
+        created_at=datetime.now(UTC),
+    )
+
+
+class Runs:
+    """Start scripts and wait for their ends, as the API will."""
+
+    def __init__(self, store: EventStore, supervisor: ProcessSupervisor) -> None:
+        self.store = store
+        self.supervisor = supervisor
+
+    async def start(self, script: str, *args: str, **kwargs: object) -> uuid.UUID:
+        env = kwargs.pop("run_env", None)
+        timeout = kwargs.pop("run_timeout", None)
+        stored = await self.supervisor.start_run(
+            command(script, **kwargs),  # type: ignore[arg-type]
+            args=args,
+            env=env,  # type: ignore[arg-type]
+            timeout_seconds=timeout,  # type: ignore[arg-type]
+        )
+        return stored[0].stream_id
+
+    async def wait(self, process_id: uuid.UUID, timeout: float = 60) -> list[StoredEvent]:
+        await asyncio.wait_for(self.supervisor.wait_finished(process_id), timeout)
+        events: list[StoredEvent] = []
+        while page := await self.store.read_stream(process_id, after=len(events)):
+            events.extend(page)
+        return events
+
+    async def run(self, script: str, *args: str, **kwargs: object) -> list[StoredEvent]:
+        return await self.wait(await self.start(script, *args, **kwargs))
+
+    async def wait_started(self, process_id: uuid.UUID) -> None:
+        async for event in self.store.subscribe(process_id):
+            if event.type == "Started":
+                return
+
+    async def wait_for_output(self, process_id: uuid.UUID, needle: bytes) -> None:
+        seen = b""
+        async for event in self.store.subscribe(process_id):
+            if event.type == "OutputChunk" and event.payload:
+                seen += event.payload
+                if needle in seen:
+                    return
+
+
+def output(events: list[StoredEvent], stream: str = "stdout") -> bytes:
+    chunks = [e for e in events if e.type == "OutputChunk" and e.data["stream"] == stream]
+    offset = 0
+    for c in chunks:  # chunks tile the stream: no gap, no overlap
+        assert c.data["offset"] == offset
+        offset += c.data["length"]
+    return b"".join(c.payload or b"" for c in chunks)
+
+
+def last(events: list[StoredEvent]) -> StoredEvent:
+    return events[-1]
+
+
+async def no_survivors(process_id: uuid.UUID, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not await asyncio.to_thread(find_marked, {str(process_id)}):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+async def runs(store: EventStore, tmp_path: Path) -> AsyncIterator[Runs]:
+    config = RunnerConfig(node=TEST_NODE, runs_dir=tmp_path / "runs", stop_grace_seconds=1.0)
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits(max_running=64, max_queued=1000))
+    await supervisor.start()
+    yield Runs(store, supervisor)
+    await supervisor.shutdown(grace_seconds=1)
+
+
+async def test_both_streams_and_the_exit_code(runs: Runs) -> None:
+    """stdout and stderr are kept apart, byte-exact, and the exit code is recorded."""
+    events = await runs.run("echo out; echo err >&2; echo more; exit 3")
+    assert [e.type for e in events][:2] == ["Queued", "Started"]
+    assert output(events) == b"out\nmore\n"
+    assert output(events, "stderr") == b"err\n"
+    end = last(events)
+    assert (end.type, end.data["exit_code"], end.data["signal"]) == ("Exited", 3, None)
+    row = await runs.store.pool.fetchrow("SELECT * FROM processes WHERE id = $1", end.stream_id)
+    assert row is not None
+    assert (row["status"], row["exit_code"], row["stdout_bytes"], row["stderr_bytes"]) == (
+        "failed",
+        3,
+        9,
+        4,
+    )
+    assert row["cpu_user_seconds"] is not None
+    assert row["max_rss_kib"] > 0
+
+
+async def test_args_are_positional_parameters_and_workdir_is_fresh(
+    runs: Runs, tmp_path: Path
+) -> None:
+    """`args` become $1…$n; each run starts in an empty directory removed afterwards."""
+    events = await runs.run('printf "%s|" "$#" "$1" "$2"; ls -A; pwd', "a b", "c")
+    text = output(events).decode()
+    first_line, listing_and_pwd = text.split("|", 3)[:3], text.split("|", 3)[3]
+    assert first_line == ["2", "a b", "c"]
+    workdir = listing_and_pwd.strip()
+    assert workdir.startswith(str(tmp_path / "runs"))
+    assert listing_and_pwd.strip().count("\n") == 0  # `ls -A` printed nothing
+    assert not await asyncio.to_thread(Path(workdir).exists)
+
+
+async def test_hundred_runs_in_parallel(runs: Runs) -> None:
+    """100 runs at once each record their own output and exit code."""
+    ids = await asyncio.gather(*(runs.start(f'echo "run {i}"; exit {i % 7}') for i in range(100)))
+    results = await asyncio.gather(*(runs.wait(pid) for pid in ids))
+    for i, events in enumerate(results):
+        assert output(events) == f"run {i}\n".encode()
+        assert last(events).data["exit_code"] == i % 7
+
+
+async def test_binary_output_is_byte_exact(runs: Runs) -> None:
+    """1 MiB of random bytes comes back with the same sha256."""
+    events = await runs.run("head -c 1048576 /dev/urandom > blob; cat blob; sha256sum blob >&2")
+    data = output(events)
+    assert len(data) == 1024 * 1024
+    assert hashlib.sha256(data).hexdigest() == output(events, "stderr").split()[0].decode()
+    chunks = [e for e in events if e.type == "OutputChunk"]
+    assert all(c.data["length"] <= 65536 for c in chunks)
+    assert len(chunks) < 64  # coalesced, not one row per read
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("printf 'a\\0b\\0\\0c'", b"a\x00b\x00\x00c"),
+        ("printf 'no newline at the end'", b"no newline at the end"),
+        ("printf '\\xff\\xfe\\xc3(invalid utf-8)'", b"\xff\xfe\xc3(invalid utf-8)"),
+    ],
+)
+async def test_awkward_bytes_come_back_exactly(runs: Runs, script: str, expected: bytes) -> None:
+    assert output(await runs.run(script)) == expected
+
+
+async def test_a_ten_megabyte_line(runs: Runs) -> None:
+    """A single 10 MB line without any newline is stored whole."""
+    events = await runs.run("head -c 10000000 /dev/zero | tr '\\0' x")
+    assert output(events) == b"x" * 10_000_000
+
+
+async def test_stdin_is_empty(runs: Runs) -> None:
+    """A script reading stdin gets EOF at once instead of hanging."""
+    events = await runs.run('cat; read line; echo "read returned $?"')
+    assert output(events) == b"read returned 1\n"
+
+
+async def test_environment_holds_no_server_secret(
+    runs: Runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only PATH, HOME, LANG, the command's and run's env and the marker reach the script."""
+    monkeypatch.setenv("SHELLTRAIL_DATABASE_URL", "postgresql://admin:hunter2@db/prod")
+    monkeypatch.setenv("SHELLTRAIL_TOKENS", "admin:admin:topsecret")
+    pid = await runs.start(
+        "env -0", env={"FROM_COMMAND": "1", "BOTH": "command"}, run_env={"BOTH": "run"}
+    )
+    events = await runs.wait(pid)
+    env = dict(item.split("=", 1) for item in output(events).decode().split("\0") if item)
+    assert "hunter2" not in output(events).decode()
+    assert "topsecret" not in output(events).decode()
+    env.pop("PWD", None)
+    env.pop("SHLVL", None)
+    env.pop("_", None)
+    assert set(env) == {"PATH", "HOME", "LANG", "FROM_COMMAND", "BOTH", MARKER}
+    assert (env["BOTH"], env[MARKER]) == ("run", str(pid))
+
+
+async def test_stop_reaches_background_jobs(runs: Runs) -> None:
+    """Stopping `sleep & sleep & wait` leaves no process of the run alive."""
+    pid = await runs.start("sleep 1000 & sleep 1000 & echo ready; wait")
+    await runs.wait_for_output(pid, b"ready")
+    assert await runs.supervisor.stop_run(pid, requested_by="alice")
+    events = await runs.wait(pid)
+    assert [e.type for e in events][-2:] == ["StopRequested", "Killed"]
+    assert events[-2].data["requested_by"] == "alice"
+    assert (last(events).data["reason"], last(events).data["signal"]) == ("user", signal.SIGTERM)
+    assert await no_survivors(pid)
+
+
+async def test_a_script_ignoring_term_is_killed_after_the_grace(runs: Runs) -> None:
+    pid = await runs.start("trap '' TERM; echo ready; sleep 1000")
+    await runs.wait_for_output(pid, b"ready")
+    started = time.monotonic()
+    await runs.supervisor.stop_run(pid, grace_seconds=0.5)
+    events = await runs.wait(pid)
+    assert time.monotonic() - started >= 0.5
+    assert (last(events).type, last(events).data["signal"]) == ("Killed", signal.SIGKILL)
+    assert await no_survivors(pid)
+
+
+async def test_escaped_descendants_are_killed_too(runs: Runs) -> None:
+    """`setsid` and double forks leave the process group; the marker still finds them."""
+    pid = await runs.start(
+        "setsid sleep 1000 & (setsid bash -c 'sleep 1001 & sleep 1002' >/dev/null 2>&1 &) ; "
+        "echo ready; sleep 1000"
+    )
+    await runs.wait_for_output(pid, b"ready")
+    await asyncio.sleep(0.2)  # let the double fork finish leaving
+    assert len(await asyncio.to_thread(find_marked, {str(pid)})) >= 4
+    await runs.supervisor.stop_run(pid, grace_seconds=0.5)
+    await runs.wait(pid)
+    assert await no_survivors(pid, timeout=2)
+
+
+async def test_descendants_die_when_the_main_process_exits(runs: Runs) -> None:
+    """The run ends with its main process; what the children wrote until then is kept."""
+    events = await runs.run("(echo from-child; sleep 1000) & sleep 0.2; echo main-done")
+    assert output(events) == b"from-child\nmain-done\n"
+    assert last(events).data["exit_code"] == 0
+    assert await no_survivors(events[0].stream_id, timeout=2)
+
+
+async def test_timeout_stops_the_run(runs: Runs) -> None:
+    pid = await runs.start("sleep 1000", timeout_seconds=0.3)
+    events = await runs.wait(pid)
+    assert (last(events).type, last(events).data["reason"]) == ("Killed", "timeout")
+    assert events[-2].type == "StopRequested"
+
+
+async def test_run_timeout_overrides_the_command(runs: Runs) -> None:
+    pid = await runs.start("sleep 1000", timeout_seconds=1000, run_timeout=0.2)
+    events = await runs.wait(pid)
+    assert last(events).data["reason"] == "timeout"
+
+
+async def test_output_cap_truncates_and_keeps_running(runs: Runs) -> None:
+    """Policy truncate: bytes beyond the cap are counted and dropped; the script goes on."""
+    events = await runs.run("head -c 5000 /dev/zero; echo done >&2; exit 0", max_output_bytes=1000)
+    assert len(output(events)) + len(output(events, "stderr")) == 1000
+    truncated = next(e for e in events if e.type == "OutputTruncated")
+    assert truncated.data == {"limit_bytes": 1000, "dropped_bytes": 4005, "policy": "truncate"}
+    assert (last(events).type, last(events).data["exit_code"]) == ("Exited", 0)
+
+
+async def test_output_cap_with_kill_policy(runs: Runs) -> None:
+    events = await runs.run("yes", max_output_bytes=100_000, policy="kill")
+    assert (last(events).type, last(events).data["reason"]) == ("Killed", "output_limit")
+    assert len(output(events)) == 100_000
+    assert any(e.type == "OutputTruncated" for e in events)
+
+
+async def test_queue_beyond_max_running_is_fifo(store: EventStore, tmp_path: Path) -> None:
+    """Runs beyond the limit wait as `queued`, start in order, and a full queue refuses."""
+    config = RunnerConfig(node=TEST_NODE, runs_dir=tmp_path / "runs")
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits(max_running=1, max_queued=2))
+    await supervisor.start()
+    runs = Runs(store, supervisor)
+    try:
+        first = await runs.start("echo ready; sleep 1000")
+        second = await runs.start("date +%s%N")
+        third = await runs.start("date +%s%N")
+        with pytest.raises(QueueFull):
+            await runs.start("true")
+        await runs.wait_for_output(first, b"ready")
+        status = await store.pool.fetchval("SELECT status FROM processes WHERE id = $1", second)
+        assert status == "queued"
+        await supervisor.stop_run(first)
+        a, b = await runs.wait(second), await runs.wait(third)
+        assert int(output(a)) < int(output(b))
+    finally:
+        await supervisor.shutdown(grace_seconds=1)
+
+
+async def test_a_queued_run_can_be_stopped(store: EventStore, tmp_path: Path) -> None:
+    config = RunnerConfig(node=TEST_NODE, runs_dir=tmp_path / "runs")
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits(max_running=1))
+    await supervisor.start()
+    runs = Runs(store, supervisor)
+    try:
+        blocker = await runs.start("sleep 1000")
+        waiting = await runs.start("echo never")
+        assert await supervisor.stop_run(waiting)
+        row = await store.pool.fetchrow("SELECT * FROM processes WHERE id = $1", waiting)
+        assert row is not None
+        assert (row["status"], row["stop_reason"], row["started_at"]) == ("killed", "user", None)
+        await supervisor.stop_run(blocker, grace_seconds=0)
+    finally:
+        await supervisor.shutdown(grace_seconds=1)
+
+
+async def test_shutdown_stops_runs_with_reason_shutdown(store: EventStore, tmp_path: Path) -> None:
+    config = RunnerConfig(node=TEST_NODE, runs_dir=tmp_path / "runs")
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits(max_running=2))
+    await supervisor.start()
+    runs = Runs(store, supervisor)
+    ids = [await runs.start("echo ready; sleep 1000") for _ in range(3)]
+    await runs.wait_for_output(ids[0], b"ready")
+    await supervisor.shutdown(grace_seconds=0.5)
+    statuses = await store.pool.fetch(
+        "SELECT status, stop_reason FROM processes WHERE id = ANY($1::uuid[])", ids
+    )
+    assert [(r["status"], r["stop_reason"]) for r in statuses] == [("killed", "shutdown")] * 3
+    for pid in ids:
+        assert await no_survivors(pid)
+
+
+async def test_a_run_that_cannot_start_is_closed(store: EventStore, tmp_path: Path) -> None:
+    """Spawn failures end the run with StartFailed instead of leaving it queued."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    config = RunnerConfig(node=TEST_NODE, runs_dir=blocked)
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits())
+    supervisor._config.runs_dir.parent.mkdir(exist_ok=True)
+    runs = Runs(store, supervisor)
+    supervisor._loop = asyncio.get_running_loop()
+    events = await runs.run("true")
+    assert (last(events).type, events[-1].data["reason"].startswith("[Errno")) == (
+        "StartFailed",
+        True,
+    )
+    row = await store.pool.fetchrow(
+        "SELECT status FROM processes WHERE id = $1", events[0].stream_id
+    )
+    assert row is not None
+    assert row["status"] == "failed"
+
+
+async def test_restart_closes_unfinished_runs_as_lost(store: EventStore, tmp_path: Path) -> None:
+    """Runs left running by a previous server are closed with Lost and their processes killed."""
+    pid = uuid.uuid4()
+    from shelltrail.domain import Queued, Started
+
+    marker_env = {**os.environ, MARKER: str(pid)}
+    orphan = await asyncio.create_subprocess_exec("sleep", "1000", env=marker_env)
+    await store.append(
+        pid,
+        [
+            Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="x", node=TEST_NODE),
+            Started(pid=orphan.pid, pgid=orphan.pid, node=TEST_NODE, started_at=datetime.now(UTC)),
+        ],
+        expected_version=0,
+    )
+    other_node = uuid.uuid4()
+    await store.append(
+        other_node,
+        [Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="x", node="elsewhere")],
+        expected_version=0,
+    )
+    config = RunnerConfig(node=TEST_NODE, runs_dir=tmp_path / "runs")
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits())
+    await supervisor.start()
+    try:
+        assert await orphan.wait() == -signal.SIGKILL
+        rows = await store.pool.fetch("SELECT id, status FROM processes")
+        assert {r["id"]: r["status"] for r in rows} == {pid: "lost", other_node: "queued"}
+        lost = (await store.read_stream(pid))[-1]
+        assert lost.data["last_status"] == "running"
+    finally:
+        await supervisor.shutdown()
