@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from shelltrail.actors import ProcessSupervisor, RunnerConfig, SupervisorLimits
 from shelltrail.config import Settings, redact_url
 from shelltrail.eventstore import DatabaseUnavailable, EventStore, init_connection
 from shelltrail.eventstore.embedded import EmbeddedPostgres
@@ -105,12 +107,33 @@ async def connection(url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def serve(settings: Settings) -> None:
-    """Run the server until SIGTERM or SIGINT, then shut down cleanly."""
+    """Run the server until SIGTERM or SIGINT, then shut down cleanly.
+
+    Shutdown order: stop accepting requests, stop every run (reason ``shutdown``) within
+    the grace period, write every pending event, stop the embedded database.
+    """
+    _raise_open_file_limit()
     async with database_url(settings) as url:
         await migrate_database(url)
         store = await EventStore.open(url, node=settings.node)
         try:
-            app = create_app(store)
+            supervisor = ProcessSupervisor(
+                store,
+                RunnerConfig(
+                    node=settings.node,
+                    runs_dir=settings.data_dir / "runs",
+                    keep_workdirs=settings.keep_workdirs,
+                    stop_grace_seconds=settings.stop_grace_seconds,
+                ),
+                SupervisorLimits(
+                    max_running=settings.max_running,
+                    max_queued=settings.max_queued,
+                    max_output_bytes=settings.max_output_bytes,
+                    shutdown_grace_seconds=settings.shutdown_grace_seconds,
+                ),
+            )
+            await supervisor.start()
+            app = create_app(store, supervisor)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, settings.host, settings.port)
@@ -118,9 +141,18 @@ async def serve(settings: Settings) -> None:
             log.info("shelltrail is serving", url=f"http://{settings.host}:{settings.port}")
             await _wait_for_stop_signal()
             log.info("shutting down")
+            await site.stop()
+            await supervisor.shutdown()
             await runner.cleanup()
         finally:
             await store.close()
+
+
+def _raise_open_file_limit() -> None:
+    """Each run holds a few descriptors (pipes, pidfd, wake-up pipe): allow many."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _wait_for_stop_signal() -> None:

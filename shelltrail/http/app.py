@@ -7,15 +7,18 @@ from typing import Final
 import asyncpg
 from aiohttp import web
 
+from shelltrail.actors import ProcessSupervisor
 from shelltrail.eventstore import EventStore
 from shelltrail.eventstore.migrate import pending_migrations
 
 STORE: Final = web.AppKey("store", EventStore)
+SUPERVISOR: Final = web.AppKey("supervisor", ProcessSupervisor)
 
 
-def create_app(store: EventStore) -> web.Application:
+def create_app(store: EventStore, supervisor: ProcessSupervisor) -> web.Application:
     app = web.Application()
     app[STORE] = store
+    app[SUPERVISOR] = supervisor
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -403,3 +404,69 @@ async def test_restart_closes_unfinished_runs_as_lost(store: EventStore, tmp_pat
         assert lost.data["last_status"] == "running"
     finally:
         await supervisor.shutdown()
+
+
+_CRASHING_SERVER = """
+import asyncio, sys, uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from shelltrail.actors import ProcessSupervisor, RunnerConfig, SupervisorLimits
+from shelltrail.domain import CommandVersion
+from shelltrail.eventstore import EventStore
+from shelltrail.logs import configure_logging
+
+async def main() -> None:
+    configure_logging(level="WARNING")
+    store = await EventStore.open(sys.argv[1], node="crash-node")
+    config = RunnerConfig(node="crash-node", runs_dir=Path(sys.argv[2]))
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits())
+    await supervisor.start()
+    command = CommandVersion(
+        command_id=uuid.uuid4(), version=1, name="n", description=None, timeout_seconds=None,
+        env={}, max_output_bytes=None, output_limit_policy="truncate", created_at=datetime.now(UTC),
+        script="sleep 1000 & setsid sleep 1000 & while true; do echo tick; sleep 0.05; done",
+    )
+    for _ in range(10):
+        await supervisor.start_run(command)
+    print("started", flush=True)
+    await asyncio.sleep(1000)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_crashed_server_leaves_no_survivor_and_its_runs_are_lost(
+    store: EventStore, database_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL the server mid-run: its main processes die with it, and the restarted server
+    kills what remains and closes all 10 runs with Lost."""
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASHING_SERVER, database_url, str(tmp_path / "runs"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert server.stdout is not None
+    assert await asyncio.wait_for(server.stdout.readline(), 60) == b"started\n"
+    ids = [r["id"] for r in await store.pool.fetch("SELECT id FROM processes")]
+    assert len(ids) == 10
+
+    async def all_ticking() -> None:
+        for pid in ids:
+            while not await store.pool.fetchval(
+                "SELECT stdout_bytes > 0 FROM processes WHERE id = $1", pid
+            ):
+                await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(all_ticking(), 30)
+    server.kill()
+    await server.wait()
+
+    config = RunnerConfig(node="crash-node", runs_dir=tmp_path / "runs")
+    restarted = ProcessSupervisor(store, config, SupervisorLimits())
+    await restarted.start()
+    try:
+        rows = await store.pool.fetch("SELECT status FROM processes")
+        assert [r["status"] for r in rows] == ["lost"] * 10
+        for pid in ids:
+            assert await no_survivors(pid, timeout=2)
+    finally:
+        await restarted.shutdown()
