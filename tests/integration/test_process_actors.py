@@ -441,7 +441,11 @@ async def test_a_crashed_server_leaves_no_survivor_and_its_runs_are_lost(
     """SIGKILL the server mid-run: its main processes die with it, and the restarted server
     kills what remains and closes all 10 runs with Lost."""
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CRASHING_SERVER, database_url, str(tmp_path / "runs"),
+        sys.executable,
+        "-c",
+        _CRASHING_SERVER,
+        database_url,
+        str(tmp_path / "runs"),
         stdout=asyncio.subprocess.PIPE,
     )
     assert server.stdout is not None
@@ -451,7 +455,7 @@ async def test_a_crashed_server_leaves_no_survivor_and_its_runs_are_lost(
 
     async def all_ticking() -> None:
         for pid in ids:
-            while not await store.pool.fetchval(
+            while not await store.pool.fetchval(  # noqa: ASYNC110 -- polls the database
                 "SELECT stdout_bytes > 0 FROM processes WHERE id = $1", pid
             ):
                 await asyncio.sleep(0.02)
