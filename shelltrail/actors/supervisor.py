@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import os
 import signal as signals
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from shelltrail.domain import (
     Lost,
     ProcessEvent,
     Queued,
+    StartFailed,
     StopRequested,
     script_sha256,
 )
@@ -60,15 +63,34 @@ class SupervisorLimits:
 
 
 class _RunHandle:
-    """An actor and the wake-up pipe that interrupts its ``select``. Loop side."""
+    """An actor and the wake-up pipe that interrupts its ``select``.
 
-    def __init__(self, actor_ref: pykka.ActorRef[ProcessActor], wake_w: int) -> None:
-        self.actor_ref = actor_ref
+    The actor is started by the launcher thread, so messages told before it exists wait
+    here and are delivered by :meth:`attach`. Thread-safe.
+    """
+
+    def __init__(self, wake_w: int) -> None:
         self._wake_w = wake_w
+        self._lock = threading.Lock()
+        self._actor_ref: pykka.ActorRef[ProcessActor] | None = None
+        self._early: list[object] = []
+
+    def attach(self, actor_ref: pykka.ActorRef[ProcessActor]) -> None:
+        """Runs in the launcher thread, once the actor has started."""
+        with self._lock:
+            self._actor_ref = actor_ref
+            early, self._early = self._early, []
+        for message in early:
+            self.tell(message)
 
     def tell(self, message: object) -> None:
+        with self._lock:
+            if self._actor_ref is None:
+                self._early.append(message)
+                return
+            actor_ref = self._actor_ref
         with contextlib.suppress(pykka.ActorDeadError):
-            self.actor_ref.tell(message)
+            actor_ref.tell(message)
         # A full pipe already holds a wake-up; a closed one means the run has ended.
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
@@ -82,13 +104,15 @@ class ProcessSupervisor:
         self._config = config
         self._limits = limits
         self._reaper = OrphanReaper()
-        self._sweeper = Sweeper(self._reaper)
+        self._sweeper: Sweeper | None = None
         self._running: dict[uuid.UUID, _RunHandle] = {}
         self._queue: collections.OrderedDict[uuid.UUID, RunSpec] = collections.OrderedDict()
         #: Resolved when a run accepted here has ended and its last events are committed.
         self._ended: dict[uuid.UUID, asyncio.Future[None]] = {}
         self._closing = False
         self._reaper_task: asyncio.Task[None] | None = None
+        self._launcher = concurrent.futures.ThreadPoolExecutor(1, "actor-launcher")
+        self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -102,8 +126,10 @@ class ProcessSupervisor:
     async def start(self) -> None:
         """Adopt orphans, close runs a previous server left behind, start reaping."""
         self._loop = asyncio.get_running_loop()
-        if not become_subreaper():
+        subreaper = become_subreaper()
+        if not subreaper:
             log.warning("cannot become a child subreaper; orphans go to PID 1")
+        self._sweeper = Sweeper(self._reaper, subreaper=subreaper)
         self._config.runs_dir.mkdir(parents=True, exist_ok=True)
         await self.recover()
         self._reaper_task = asyncio.create_task(self._reap_periodically(), name="orphan-reaper")
@@ -167,22 +193,49 @@ class ProcessSupervisor:
 
     def _launch(self, spec: RunSpec) -> None:
         loop = asyncio.get_running_loop()
+        sweeper = self._sweeper
+        assert sweeper is not None, "start() the supervisor first"
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        handle = _RunHandle(wake_w)
+        self._running[spec.process_id] = handle
 
         def finished(process_id: uuid.UUID) -> None:  # runs in the actor's thread
             os.close(wake_r)
             loop.call_soon_threadsafe(self._finished, process_id, wake_w)
 
-        actor_ref = ProcessActor.start(
-            spec,
-            self._config,
-            sink=self._store.append_from_thread,
-            sweeper=self._sweeper,
-            reaper=self._reaper,
-            wake_fd=wake_r,
-            on_finished=finished,
-        )
-        self._running[spec.process_id] = _RunHandle(actor_ref, wake_w)
+        def start_actor() -> None:  # runs in the launcher thread
+            try:
+                actor_ref = ProcessActor.start(
+                    spec,
+                    self._config,
+                    sink=self._store.append_from_thread,
+                    sweeper=sweeper,
+                    reaper=self._reaper,
+                    wake_fd=wake_r,
+                    on_finished=finished,
+                )
+            except Exception as exc:  # noqa: BLE001 -- e.g. no thread could be started
+                log.error("could not start a process actor", error=str(exc))
+                loop.call_soon_threadsafe(self._launch_failed, spec, str(exc), wake_r, wake_w)
+                return
+            handle.attach(actor_ref)
+
+        # Starting a thread waits for it to run; that wait belongs off the event loop.
+        self._launcher.submit(start_actor)
+
+    def _launch_failed(self, spec: RunSpec, reason: str, wake_r: int, wake_w: int) -> None:
+        os.close(wake_r)
+
+        async def close_run() -> None:
+            failed = StartFailed(reason=reason, failed_at=datetime.now(UTC))
+            try:
+                await self._store.append(spec.process_id, [failed], expected_version=spec.version)
+            finally:
+                self._finished(spec.process_id, wake_w)
+
+        task = asyncio.create_task(close_run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _finished(self, process_id: uuid.UUID, wake_w: int) -> None:
         os.close(wake_w)
@@ -262,6 +315,9 @@ class ProcessSupervisor:
             handle.tell(Stop(signal=signals.SIGTERM, grace_seconds=grace, reason="shutdown"))
         if self._ended:
             await asyncio.gather(*(asyncio.shield(f) for f in self._ended.values()))
+        self._launcher.shutdown(wait=False)
+        if self._sweeper is not None:
+            self._sweeper.close()
         if self._reaper_task is not None:
             self._reaper_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

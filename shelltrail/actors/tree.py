@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import queue
 import signal
 import threading
 import time
@@ -161,60 +162,105 @@ class OrphanReaper:
         return reaped
 
 
+def adopted_children() -> list[int] | None:
+    """Children of the main thread: as subreaper, that is where orphans are re-parented.
+
+    Actor threads spawn the runs' main processes, so those are children of their threads,
+    not of this list. ``None`` when the kernel does not tell (no CONFIG_PROC_CHILDREN).
+    """
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return None
+
+
 def _zombie_children() -> list[int]:
     own = os.getpid()
+    candidates = adopted_children()
+    names = (
+        [str(p) for p in candidates]
+        if candidates is not None
+        else [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    )
     zombies = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    for name in names:
         try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
+            with open(f"/proc/{name}/stat", "rb") as f:
                 stat = f.read()
         except OSError:
             continue
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
         fields = stat[stat.rfind(b")") + 2 :].split(b" ", 2)
         if fields[0] == b"Z" and int(fields[1]) == own:
-            zombies.append(int(entry.name))
+            zombies.append(int(name))
     return zombies
 
 
 class Sweeper:
     """Kills what runs left behind and reaps it, sharing one ``/proc`` scan among many runs.
 
-    A scan costs about a millisecond; with hundreds of runs ending per second, each caller
-    waits for the next scan that starts after its request instead of scanning alone.
-    Thread-safe; :meth:`sweep` blocks its caller (an actor thread) briefly.
+    A scan costs about a millisecond; with hundreds of runs ending per second, one thread
+    scans at most every ``min_interval`` seconds for every request that arrived meanwhile,
+    and wakes each requester alone. :meth:`sweep` is thread-safe and blocks its caller (an
+    actor thread) until a scan that began after the request has finished.
     """
 
-    def __init__(self, reaper: OrphanReaper) -> None:
+    def __init__(
+        self, reaper: OrphanReaper, *, subreaper: bool, min_interval: float = 0.01
+    ) -> None:
         self._reaper = reaper
-        self._cond = threading.Condition()
-        self._pending: set[str] = set()
-        self._started = 0
-        self._completed = 0
-        self._scanning = False
+        self._subreaper = subreaper
+        self._min_interval = min_interval
+        self._requests: queue.SimpleQueue[tuple[str, threading.Event] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="sweeper", daemon=True)
+        self._thread.start()
 
     def sweep(self, marker: str) -> None:
-        """Return once no process marked ``marker`` is alive and orphans are reaped."""
-        with self._cond:
-            self._pending.add(marker)
-            needed = self._started + 1  # a scan that starts after this request
-            while self._completed < needed:
-                if self._scanning:
-                    self._cond.wait()
-                    continue
-                self._scanning = True
-                self._started += 1
-                generation, markers, self._pending = self._started, self._pending, set()
-                self._cond.release()
+        """Return once no process marked ``marker`` is alive (and orphans are reaped)."""
+        done = threading.Event()
+        self._requests.put((marker, done))
+        done.wait()
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:  # runs in the sweeper thread
+        last_scan = 0.0
+        while True:
+            first = self._requests.get()
+            if first is None:
+                return
+            pause = last_scan + self._min_interval - time.monotonic()
+            if pause > 0:  # let more requests join this scan
+                time.sleep(pause)
+            batch = [first]
+            closing = False
+            while True:
                 try:
-                    killed = kill_marked(markers)
+                    request = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if request is None:
+                    closing = True
+                    break
+                batch.append(request)
+            last_scan = time.monotonic()
+            try:
+                # Every live descendant of an ended run descends from an orphan adopted by
+                # this process: with none adopted, there is nothing to look for.
+                adopted = adopted_children() if self._subreaper else None
+                killed = kill_marked({marker for marker, _ in batch}) if adopted != [] else 0
+                if killed:
+                    # They were orphans, re-parented to us: reap them now. Orphans that
+                    # ended on their own are reaped by the periodic reap.
                     self._reaper.reap()
-                    if killed:
-                        log.info("killed processes that outlived their run", count=killed)
-                finally:
-                    self._cond.acquire()
-                    self._scanning = False
-                    self._completed = generation
-                    self._cond.notify_all()
+                    log.info("killed processes that outlived their run", count=killed)
+            except Exception:
+                log.exception("sweeping leftover processes failed")
+            for _, done in batch:
+                done.set()
+            if closing:
+                return

@@ -79,6 +79,9 @@ class WriterLimits:
     max_batch_bytes: int = 8 * 1024 * 1024
     #: Bytes that threads may have waiting before their appends block.
     max_pending_bytes: int = 32 * 1024 * 1024
+    #: Transactions committing at once (each stream in at most one): commits wait on the
+    #: disk's flush, and PostgreSQL flushes concurrent commits together.
+    concurrent_transactions: int = 4
 
 
 class EventWriter:
@@ -105,6 +108,7 @@ class EventWriter:
         self._wake_scheduled = False
         self._closing = False
         self._heads: dict[uuid.UUID, tuple[int, bytes]] = {}
+        self._busy: set[uuid.UUID] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -222,34 +226,59 @@ class EventWriter:
 
     async def _run(self) -> None:
         assert self._wake is not None
+        in_flight: set[asyncio.Task[None]] = set()
         while True:
+            while len(in_flight) < self._limits.concurrent_transactions and (
+                batch := self._take_batch()
+            ):
+                task = asyncio.create_task(self._write_batch(batch))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            if self._closing and not self._queue and not in_flight:
+                return
             await self._wake.wait()
             self._wake.clear()
             with self._lock:
                 self._wake_scheduled = False
-            while self._queue:
-                batch = self._take_batch()
-                try:
-                    await self._write(batch)
-                except Exception as exc:
-                    log.exception("append batch failed unexpectedly")
-                    self._finish(batch, [exc] * len(batch))
-            if self._closing and not self._queue:
-                return
+
+    async def _write_batch(self, batch: list[_Pending]) -> None:
+        try:
+            await self._write(batch)
+        except Exception as exc:
+            log.exception("append batch failed unexpectedly")
+            self._finish(batch, [exc] * len(batch))
+        finally:
+            self._busy.difference_update(p.stream_id for p in batch)
+            assert self._wake is not None
+            self._wake.set()  # streams are free again, and a slot too
 
     def _take_batch(self) -> list[_Pending]:
+        """The oldest appends that fit in one batch, skipping streams being written.
+
+        A stream is in at most one transaction at a time, so its versions, its hash chain
+        and its projection row never race; skipped appends keep their order.
+        """
         batch: list[_Pending] = []
+        skipped: list[_Pending] = []
+        held: set[uuid.UUID] = set()
         events = nbytes = 0
         while self._queue:
-            nxt = self._queue[0]
+            nxt = self._queue.popleft()
+            if nxt.stream_id in self._busy or nxt.stream_id in held:
+                held.add(nxt.stream_id)
+                skipped.append(nxt)
+                continue
             if batch and (
                 events + len(nxt.events) > self._limits.max_batch_events
                 or nbytes + nxt.nbytes > self._limits.max_batch_bytes
             ):
+                skipped.append(nxt)
                 break
-            batch.append(self._queue.popleft())
+            batch.append(nxt)
             events += len(nxt.events)
             nbytes += nxt.nbytes
+        self._queue.extendleft(reversed(skipped))
+        self._busy.update(p.stream_id for p in batch)
         return batch
 
     async def _write(self, batch: list[_Pending]) -> None:
@@ -285,8 +314,9 @@ class EventWriter:
 
     async def _commit(self, batch: list[_Pending]) -> list[list[StoredEvent] | BaseException]:
         async with self._pool.acquire() as conn, conn.transaction():
-            await self._load_heads(conn, {p.stream_id for p in batch})
-            heads = dict(self._heads)
+            streams = {p.stream_id for p in batch}
+            await self._load_heads(conn, streams)
+            heads = {sid: self._heads[sid] for sid in streams if sid in self._heads}
             outcomes: list[list[StoredEvent] | BaseException] = []
             records: list[tuple[Any, ...]] = []
             recorded: list[tuple[str, Recorded]] = []
@@ -357,7 +387,7 @@ class EventWriter:
                     NOTIFY_CHANNEL,
                     self._notify_payload(heads, batch),
                 )
-        self._heads = heads
+        self._heads.update(heads)
         return outcomes
 
     async def _load_heads(self, conn: Connection, stream_ids: set[uuid.UUID]) -> None:

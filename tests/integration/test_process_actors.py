@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -353,14 +354,16 @@ async def test_shutdown_stops_runs_with_reason_shutdown(store: EventStore, tmp_p
 
 async def test_a_run_that_cannot_start_is_closed(store: EventStore, tmp_path: Path) -> None:
     """Spawn failures end the run with StartFailed instead of leaving it queued."""
-    blocked = tmp_path / "not-a-directory"
-    blocked.write_text("")
-    config = RunnerConfig(node=TEST_NODE, runs_dir=blocked)
+    runs_dir = tmp_path / "runs"
+    config = RunnerConfig(node=TEST_NODE, runs_dir=runs_dir)
     supervisor = ProcessSupervisor(store, config, SupervisorLimits())
-    supervisor._config.runs_dir.parent.mkdir(exist_ok=True)
-    runs = Runs(store, supervisor)
-    supervisor._loop = asyncio.get_running_loop()
-    events = await runs.run("true")
+    await supervisor.start()
+    runs_dir.rmdir()
+    runs_dir.write_text("a file where the runs' directories should go")
+    try:
+        events = await Runs(store, supervisor).run("true")
+    finally:
+        await supervisor.shutdown()
     assert (last(events).type, events[-1].data["reason"].startswith("[Errno")) == (
         "StartFailed",
         True,
@@ -378,7 +381,8 @@ async def test_restart_closes_unfinished_runs_as_lost(store: EventStore, tmp_pat
     from shelltrail.domain import Queued, Started
 
     marker_env = {**os.environ, MARKER: str(pid)}
-    orphan = await asyncio.create_subprocess_exec("sleep", "1000", env=marker_env)
+    # Spawned from another thread: the main thread's children are the reaper's to reap.
+    orphan = await asyncio.to_thread(subprocess.Popen, ["sleep", "1000"], env=marker_env)
     await store.append(
         pid,
         [
@@ -397,7 +401,7 @@ async def test_restart_closes_unfinished_runs_as_lost(store: EventStore, tmp_pat
     supervisor = ProcessSupervisor(store, config, SupervisorLimits())
     await supervisor.start()
     try:
-        assert await orphan.wait() == -signal.SIGKILL
+        assert await asyncio.to_thread(orphan.wait, 10) == -signal.SIGKILL
         rows = await store.pool.fetch("SELECT id, status FROM processes")
         assert {r["id"]: r["status"] for r in rows} == {pid: "lost", other_node: "queued"}
         lost = (await store.read_stream(pid))[-1]
