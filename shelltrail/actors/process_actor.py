@@ -217,7 +217,7 @@ class ProcessActor(pykka.ThreadingActor):
             **spec.env,
             MARKER: self._marker,
         }
-        argv = [*_pdeathsig_prefix(), "bash", "--noprofile", "--norc", str(script), *spec.args]
+        argv = [*_pdeathsig_prefix(), _BASH, "--noprofile", "--norc", str(script), *spec.args]
         with self._reaper.spawning():
             proc = subprocess.Popen(
                 argv,
@@ -495,6 +495,8 @@ def _drain_wakeups(fd: int) -> None:
 
 
 _SETPRIV = shutil.which("setpriv")
+# Resolved once from the server's PATH: a run's own PATH must not choose its interpreter.
+_BASH = shutil.which("bash") or "bash"
 
 
 def _pdeathsig_prefix() -> list[str]:

@@ -164,13 +164,19 @@ _INSERT_COMMAND_VERSION: Final = (
 )
 
 
-async def apply_inline(conn: Connection, batch: Iterable[tuple[str, Recorded]]) -> None:
+async def apply_inline(
+    conn: Connection,
+    batch: Iterable[tuple[str, Recorded]],
+    known: Mapping[uuid.UUID, ProcessState] | None = None,
+) -> dict[uuid.UUID, ProcessState]:
     """Fold a committed-to-be batch of ``(stream_type, event)`` into the projection tables.
 
     Call inside the transaction that appends the same events: the tables then never show
     a state the log does not hold. Raises :class:`InvalidTransition` for a history the
-    domain refuses, which rolls the append back.
+    domain refuses, which rolls the append back. ``known`` holds process states the caller
+    already has (saving their reads); the new states of the batch's processes are returned.
     """
+    known = known or {}
     by_stream: dict[uuid.UUID, list[Recorded]] = {}
     kinds: dict[uuid.UUID, str] = {}
     for stream_type, recorded in batch:
@@ -178,17 +184,23 @@ async def apply_inline(conn: Connection, batch: Iterable[tuple[str, Recorded]]) 
         kinds[recorded.stream_id] = stream_type
     process_ids = [sid for sid, kind in kinds.items() if kind == "process"]
     command_ids = [sid for sid, kind in kinds.items() if kind == "command"]
+    new_states: dict[uuid.UUID, ProcessState] = {}
     if process_ids:
-        rows = await conn.fetch("SELECT * FROM processes WHERE id = ANY($1::uuid[])", process_ids)
-        states: dict[uuid.UUID, ProcessState | None] = {r["id"]: process_from_row(r) for r in rows}
-        updated = []
+        states: dict[uuid.UUID, ProcessState | None] = {
+            sid: known[sid] for sid in process_ids if sid in known
+        }
+        # A stream starting in this batch has no row yet; others may need reading.
+        unknown = [s for s in process_ids if s not in states and by_stream[s][0].version > 1]
+        if unknown:
+            rows = await conn.fetch("SELECT * FROM processes WHERE id = ANY($1::uuid[])", unknown)
+            states.update((r["id"], process_from_row(r)) for r in rows)
         for sid in process_ids:
             state = states.get(sid)
             for recorded in by_stream[sid]:
                 state = evolve_process(state, recorded)
             assert state is not None
-            updated.append(process_to_row(state))
-        await conn.executemany(_UPSERT_PROCESS, updated)
+            new_states[sid] = state
+        await conn.executemany(_UPSERT_PROCESS, [process_to_row(s) for s in new_states.values()])
     if command_ids:
         rows = await conn.fetch("SELECT * FROM commands WHERE id = ANY($1::uuid[])", command_ids)
         commands: dict[uuid.UUID, CommandState | None] = {
@@ -209,6 +221,7 @@ async def apply_inline(conn: Connection, batch: Iterable[tuple[str, Recorded]]) 
         await conn.executemany(_UPSERT_COMMAND, command_rows)
         if version_rows:
             await conn.executemany(_INSERT_COMMAND_VERSION, version_rows)
+    return new_states
 
 
 # --- rebuild ------------------------------------------------------------------------

@@ -39,17 +39,19 @@ class EventStore:
         self,
         pool: asyncpg.Pool,
         *,
+        writer_pool: asyncpg.Pool | None = None,
         dsn: str,
         node: str,
         limits: WriterLimits | None = None,
     ) -> None:
         self.pool = pool
+        self._writer_pool = writer_pool
         self.node = node
         self._dsn = dsn
         self.hub = SubscriptionHub()
         self.healthy = True
         self._writer = EventWriter(
-            pool,
+            writer_pool or pool,
             node=node,
             publish=self.hub.publish,
             limits=limits or WriterLimits(),
@@ -61,8 +63,12 @@ class EventStore:
     async def open(
         cls, dsn: str, *, node: str, limits: WriterLimits | None = None, pool_size: int = 10
     ) -> EventStore:
+        limits = limits or WriterLimits()
         pool = await create_pool(dsn, max_size=pool_size)
-        store = cls(pool, dsn=dsn, node=node, limits=limits)
+        writer_pool = await create_pool(
+            dsn, min_size=1, max_size=limits.concurrent_transactions, reset=False
+        )
+        store = cls(pool, writer_pool=writer_pool, dsn=dsn, node=node, limits=limits)
         store._writer.start()
         await store._listen()
         return store
@@ -73,6 +79,8 @@ class EventStore:
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
+        if self._writer_pool is not None:
+            await self._writer_pool.close()
         await self.pool.close()
 
     @property

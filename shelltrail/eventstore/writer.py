@@ -26,7 +26,14 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
-from shelltrail.domain import DomainEvent, EventDecodeError, InvalidTransition, Recorded, encode
+from shelltrail.domain import (
+    DomainEvent,
+    EventDecodeError,
+    InvalidTransition,
+    ProcessState,
+    Recorded,
+    encode,
+)
 from shelltrail.domain import stream_type_of as _stream_type_of
 from shelltrail.eventstore.db import Connection
 from shelltrail.eventstore.errors import ConcurrencyError, StoreClosed
@@ -107,7 +114,10 @@ class EventWriter:
         self._pending_bytes = 0
         self._wake_scheduled = False
         self._closing = False
+        # Caches of what this writer last committed per stream; a stale entry (another node
+        # wrote the stream) makes the next append hit UNIQUE(stream_id, version) and drop it.
         self._heads: dict[uuid.UUID, tuple[int, bytes]] = {}
+        self._states: dict[uuid.UUID, ProcessState] = {}
         self._busy: set[uuid.UUID] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -295,6 +305,7 @@ class EventWriter:
             except (asyncpg.UniqueViolationError, InvalidTransition, EventDecodeError) as exc:
                 if len(batch) == 1:
                     self._heads.pop(batch[0].stream_id, None)
+                    self._states.pop(batch[0].stream_id, None)
                     outcomes = [_as_store_error(batch[0], exc)]
                 else:
                     # One request spoiled the transaction: give each its own.
@@ -315,7 +326,9 @@ class EventWriter:
     async def _commit(self, batch: list[_Pending]) -> list[list[StoredEvent] | BaseException]:
         async with self._pool.acquire() as conn, conn.transaction():
             streams = {p.stream_id for p in batch}
-            await self._load_heads(conn, streams)
+            # A request for a new stream (expected version 0) needs no lookup: if the
+            # stream exists after all, the insert fails on its unique version.
+            await self._load_heads(conn, {p.stream_id for p in batch if p.expected_version != 0})
             heads = {sid: self._heads[sid] for sid in streams if sid in self._heads}
             outcomes: list[list[StoredEvent] | BaseException] = []
             records: list[tuple[Any, ...]] = []
@@ -379,15 +392,21 @@ class EventWriter:
                     )
                 heads[pending.stream_id] = (version, previous)
                 outcomes.append(stored)
+            states: dict[uuid.UUID, ProcessState] = {}
             if records:
                 await conn.copy_records_to_table("events", records=records, columns=_EVENT_COLUMNS)
-                await apply_inline(conn, recorded)
+                states = await apply_inline(
+                    conn, recorded, {s: self._states[s] for s in streams if s in self._states}
+                )
                 await conn.execute(
                     "SELECT pg_notify($1, $2)",
                     NOTIFY_CHANNEL,
                     self._notify_payload(heads, batch),
                 )
         self._heads.update(heads)
+        if len(self._states) > 100_000:  # a cache, not a registry
+            self._states.clear()
+        self._states.update(states)
         return outcomes
 
     async def _load_heads(self, conn: Connection, stream_ids: set[uuid.UUID]) -> None:
