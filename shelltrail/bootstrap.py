@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import resource
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
@@ -21,6 +23,7 @@ from shelltrail.eventstore import DatabaseUnavailable, EventStore, init_connecti
 from shelltrail.eventstore.embedded import EmbeddedPostgres
 from shelltrail.eventstore.migrate import migrate
 from shelltrail.http.app import create_app
+from shelltrail.http.auth import TokenConfigError, TokenRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +116,19 @@ async def serve(settings: Settings) -> None:
     the grace period, write every pending event, stop the embedded database.
     """
     _raise_open_file_limit()
+    tokens, generated = TokenRegistry.from_settings(settings.tokens, settings.data_dir)
+    if not tokens.configured and not _is_loopback(settings.host):
+        raise TokenConfigError(
+            f"refusing to listen on {settings.host} without SHELLTRAIL_TOKENS: anyone who "
+            "reaches it could run scripts"
+        )
+    if generated is not None:
+        # Printed once, never logged: only its hash is kept.
+        print(
+            f"shelltrail: generated an admin token (shown only now): {generated}",
+            file=sys.stderr,
+            flush=True,
+        )
     async with database_url(settings) as url:
         await migrate_database(url)
         store = await EventStore.open(url, node=settings.node)
@@ -133,7 +149,7 @@ async def serve(settings: Settings) -> None:
                 ),
             )
             await supervisor.start()
-            app = create_app(store, supervisor)
+            app = create_app(store, supervisor, tokens)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, settings.host, settings.port)
@@ -146,6 +162,15 @@ async def serve(settings: Settings) -> None:
             await runner.cleanup()
         finally:
             await store.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _raise_open_file_limit() -> None:

@@ -13,6 +13,7 @@ from shelltrail.config import ConfigError, Settings
 from shelltrail.eventstore import DatabaseUnavailable
 from shelltrail.eventstore.audit import verify_all
 from shelltrail.eventstore.replay import ReplayError, check, rebuild
+from shelltrail.http.auth import TokenConfigError
 from shelltrail.logs import configure_logging
 
 
@@ -28,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     action: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = args.action
     try:
         return asyncio.run(action(settings, args))
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, TokenConfigError) as exc:
         print(f"shelltrail: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -32,6 +32,8 @@ class Settings:
     stop_grace_seconds: float
     shutdown_grace_seconds: float
     keep_workdirs: bool
+    #: ``name:role:secret`` entries, or ``@/path/to/file`` holding them.
+    tokens: str | None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -83,6 +85,7 @@ class Settings:
             stop_grace_seconds=number("STOP_GRACE_SECONDS", "10", minimum=0),
             shutdown_grace_seconds=number("SHUTDOWN_GRACE_SECONDS", "5", minimum=0),
             keep_workdirs=get("KEEP_WORKDIRS", "false").lower() in ("1", "true", "yes"),
+            tokens=env.get(PREFIX + "TOKENS") or None,
         )
 
 

@@ -1,32 +1,41 @@
-"""The aiohttp application."""
+"""The aiohttp application: routes, authentication, errors, request logs."""
 
 from __future__ import annotations
 
-from typing import Final
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Final
 
 import asyncpg
+import structlog
 from aiohttp import web
 
 from shelltrail.actors import ProcessSupervisor
 from shelltrail.eventstore import EventStore
 from shelltrail.eventstore.migrate import pending_migrations
+from shelltrail.http import commands, processes, streams
+from shelltrail.http.auth import TokenRegistry
+from shelltrail.http.context import PRINCIPAL, STORE, SUPERVISOR, TOKENS, json_response
+from shelltrail.http.models import Health
+from shelltrail.http.openapi import build_openapi
+from shelltrail.http.problems import HTTPProblem, problem_response
+from shelltrail.http.routes import Handler, Response, Route
 
-STORE: Final = web.AppKey("store", EventStore)
-SUPERVISOR: Final = web.AppKey("supervisor", ProcessSupervisor)
+log = structlog.get_logger("shelltrail.http")
 
-
-def create_app(store: EventStore, supervisor: ProcessSupervisor) -> web.Application:
-    app = web.Application()
-    app[STORE] = store
-    app[SUPERVISOR] = supervisor
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    return app
+#: Request bodies larger than this are refused with 413 before they are parsed. A script
+#: may be 1 MiB of UTF-8; JSON escaping can make its body several times larger.
+MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+MAX_QUERY_BYTES: Final = 8 * 1024
+OPENAPI_PATH: Final = "/api/v1/openapi.json"
+DOCS_PATH: Final = "/api/docs"
 
 
 async def healthz(_request: web.Request) -> web.Response:
     """200 while the process serves."""
-    return web.json_response({"status": "ok"})
+    return json_response(Health(status="ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -35,14 +44,179 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with store.pool.acquire(timeout=2) as conn:
             pending = await pending_migrations(conn)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        return web.json_response(
-            {"status": "unavailable", "database": "unreachable", "detail": type(exc).__name__},
-            status=503,
-        )
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return json_response(Health(status="database unreachable"), status=503)
     if pending:
-        return web.json_response(
-            {"status": "unavailable", "pending_migrations": [m.version for m in pending]},
-            status=503,
+        return json_response(Health(status="migrations pending"), status=503)
+    return json_response(Health(status="ok"))
+
+
+OPS_ROUTES = [
+    Route(
+        "GET",
+        "/healthz",
+        healthz,
+        "Liveness",
+        "operations",
+        None,
+        responses={200: Response("The server is up.", Health)},
+    ),
+    Route(
+        "GET",
+        "/readyz",
+        readyz,
+        "Readiness",
+        "operations",
+        None,
+        responses={
+            200: Response("The database answers and the schema is current.", Health),
+            503: Response("Not ready: the database is unreachable or migrating.", Health),
+        },
+    ),
+]
+API_ROUTES = [*commands.ROUTES, *processes.ROUTES, *streams.ROUTES]
+
+
+def _docs_page() -> str:
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>shelltrail API</title>
+<link rel="stylesheet" href="{DOCS_PATH}/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="{DOCS_PATH}/static/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({{url: "{OPENAPI_PATH}", dom_id: "#swagger-ui"}});</script>
+</body></html>"""
+
+
+def create_app(
+    store: EventStore, supervisor: ProcessSupervisor, tokens: TokenRegistry
+) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[_request_log, _problems, _authenticate],
+        handler_args={"max_line_size": MAX_QUERY_BYTES, "max_field_size": MAX_QUERY_BYTES},
+    )
+    app[STORE] = store
+    app[SUPERVISOR] = supervisor
+    app[TOKENS] = tokens
+    routes = [*OPS_ROUTES, *API_ROUTES]
+    for route in routes:
+        app.router.add_route(route.method, route.path, _guarded(route))
+    document = build_openapi(routes)
+    app.router.add_get(OPENAPI_PATH, _static_json(document))
+    app.router.add_get(DOCS_PATH, _docs)
+    app.router.add_static(DOCS_PATH + "/static", _swagger_ui_dir())
+    return app
+
+
+def _static_json(document: dict[str, Any]) -> Handler:
+    body = json.dumps(document).encode()
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return openapi
+
+
+async def _docs(_request: web.Request) -> web.Response:
+    return web.Response(text=_docs_page(), content_type="text/html")
+
+
+def _swagger_ui_dir() -> Path:
+    import swagger_ui  # noqa: PLC0415 -- only for the path of its bundled assets
+
+    return Path(swagger_ui.__file__).parent / "static"
+
+
+def _guarded(route: Route) -> Handler:
+    """The route's handler, refusing principals below its role (401/403)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if route.role is not None:
+            who = request.get(PRINCIPAL)
+            if who is None:
+                raise HTTPProblem(
+                    401,
+                    "send a token: Authorization: Bearer <token>",
+                    headers={"WWW-Authenticate": 'Bearer realm="shelltrail"'},
+                )
+            if who.role < route.role:
+                needed, held = route.role.name.lower(), who.role.name.lower()
+                raise HTTPProblem(403, f"this needs the {needed} role; you are {held}")
+        return await route.handler(request)
+
+    handler.__name__ = route.handler.__name__
+    return handler
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        who = (
+            request.app[TOKENS].authenticate(token.strip()) if scheme.lower() == "bearer" else None
         )
-    return web.json_response({"status": "ok"})
+        if who is None:
+            raise HTTPProblem(
+                401,
+                "the token is not valid",
+                headers={"WWW-Authenticate": 'Bearer realm="shelltrail", error="invalid_token"'},
+            )
+        request[PRINCIPAL] = who
+    return await handler(request)
+
+
+@web.middleware
+async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as problem+json; an unexpected one as a bare 500, logged here."""
+    try:
+        return await handler(request)
+    except HTTPProblem as exc:
+        return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        detail = {
+            404: "no such resource",
+            405: f"{request.method} is not allowed here",
+            413: f"the body is larger than {MAX_BODY_BYTES} bytes",
+        }.get(exc.status, exc.reason)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return problem_response(exc.status, detail, headers=headers)
+    except (ConnectionResetError, asyncpg.InterfaceError) as exc:
+        if request.transport is None or request.transport.is_closing():
+            raise  # the client left: nobody to answer
+        log.error("database unavailable", error=str(exc))
+        return problem_response(503, "the database is unavailable; try again")
+    except (OSError, asyncpg.PostgresConnectionError) as exc:
+        log.error("database unavailable", error=str(exc))
+        return problem_response(503, "the database is unavailable; try again")
+    except Exception:
+        log.exception("request failed", method=request.method, path=request.path)
+        return problem_response(500, "the server failed to answer this request")
+
+
+@web.middleware
+async def _request_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One line per request, with a request id (also sent back as X-Request-ID)."""
+    request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["X-Request-ID"] = request_id
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            request_id=request_id,
+        )

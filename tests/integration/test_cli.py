@@ -67,7 +67,7 @@ def test_migrate_is_idempotent(empty_database_url: str) -> None:
     first = run_cli("migrate", env=env)
     second = run_cli("migrate", env=env)
     assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
-    assert first.stdout.strip() == "2 migration(s) applied"
+    assert first.stdout.strip() == "3 migration(s) applied"
     assert second.stdout.strip() == "0 migration(s) applied"
 
 
@@ -89,7 +89,7 @@ async def test_two_servers_migrating_at_once_apply_each_migration_once(
     outputs = [await p.communicate() for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     applied = sorted(out.decode().strip() for out, _ in outputs)
-    assert applied == ["0 migration(s) applied", "0 migration(s) applied", "2 migration(s) applied"]
+    assert applied == ["0 migration(s) applied", "0 migration(s) applied", "3 migration(s) applied"]
 
 
 async def test_replay_and_check_through_the_cli(store: EventStore, database_url: str) -> None:
@@ -191,3 +191,13 @@ def test_embedded_database_survives_restarts_and_crashes(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0 migration(s) applied"
     assert not _postmaster_alive(data_dir)
+
+
+def test_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:
+    """Without SHELLTRAIL_TOKENS the server binds only to loopback."""
+    result = run_cli(
+        "serve", env={"SHELLTRAIL_HOST": "0.0.0.0", "SHELLTRAIL_DATA_DIR": str(tmp_path)}
+    )
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without SHELLTRAIL_TOKENS" in result.stderr
+    assert "Traceback" not in result.stderr

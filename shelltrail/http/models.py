@@ -1,0 +1,189 @@
+"""Request and response bodies, declared once: they validate input and describe the API.
+
+The OpenAPI document (:mod:`shelltrail.http.openapi`) is generated from these models, so
+what the server checks and what it documents cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+MAX_SCRIPT_BYTES: Final = 1024 * 1024
+ENV_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN, max_length=256)]
+# PostgreSQL's jsonb cannot hold U+0000, and bash cannot take it in a script or argument.
+NoNulText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Output(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    for value in env.values():
+        if "\x00" in value:
+            raise ValueError("values must not contain NUL characters")
+    return env
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+class CommandIn(_Input):
+    """A stored script: created by POST, replaced (as a new version) by PUT."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    script: Annotated[NoNulText, StringConstraints(min_length=1)] = Field(
+        description="The bash script, 1 byte to 1 MiB (UTF-8); larger bodies are refused with 413."
+    )
+    description: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+    timeout_seconds: Annotated[float, Field(gt=0, le=31_536_000)] | None = None
+    env: dict[EnvName, Annotated[str, StringConstraints(max_length=131_072)]] = Field(
+        default_factory=dict, max_length=1000
+    )
+
+    _env_values = field_validator("env")(_check_env)
+
+    @field_validator("script")
+    @classmethod
+    def _script_size(cls, script: str) -> str:
+        if len(script.encode()) > MAX_SCRIPT_BYTES:
+            raise ScriptTooLarge
+        return script
+
+
+class ScriptTooLarge(ValueError):
+    """A script over 1 MiB: answered with 413, not 422."""
+
+    def __init__(self) -> None:
+        super().__init__(f"script must be at most {MAX_SCRIPT_BYTES} bytes")
+
+
+class Command(_Output):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    script: str
+    version: int
+    timeout_seconds: float | None
+    env: dict[str, str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class CommandVersionOut(_Output):
+    version: int
+    name: str
+    script: str
+    description: str | None
+    timeout_seconds: float | None
+    env: dict[str, str]
+    created_at: datetime
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+class ProcessIn(_Input):
+    command_id: uuid.UUID
+    args: list[Annotated[NoNulText, StringConstraints(max_length=131_072)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    env: dict[EnvName, Annotated[str, StringConstraints(max_length=131_072)]] = Field(
+        default_factory=dict, max_length=1000
+    )
+    timeout_seconds: Annotated[float, Field(gt=0, le=31_536_000)] | None = None
+
+    _env_values = field_validator("env")(_check_env)
+
+
+Status = Literal["queued", "running", "succeeded", "failed", "killed", "lost"]
+StopReason = Literal["user", "timeout", "output_limit", "shutdown"]
+
+
+class Process(_Output):
+    id: uuid.UUID
+    command_id: uuid.UUID
+    command_version: int
+    status: Status
+    exit_code: int | None
+    signal: int | None
+    pid: int | None
+    args: list[str]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+    stdout_bytes: int
+    stderr_bytes: int
+    stop_reason: StopReason | None
+    version: int
+
+
+SignalName = Literal["TERM", "INT", "HUP", "KILL"]
+
+
+class StopIn(_Input):
+    signal: SignalName = "TERM"
+    grace_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
+
+
+# --- events and audit -----------------------------------------------------------------
+
+
+class EventItem(_Output):
+    version: int
+    type: str
+    recorded_at: datetime
+    hash: str = Field(description="sha256 of this event chained to the previous one, hex")
+    data: dict[str, Any]
+
+
+class EventPage(_Output):
+    items: list[EventItem]
+    next_after: int | None
+
+
+class Audit(_Output):
+    verified: bool
+    events: int
+    head_hash: str | None
+    first_bad_version: int | None
+
+
+# --- lists and errors -----------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Page(_Output, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+class FieldError(_Output):
+    field: str
+    message: str
+
+
+class Problem(_Output):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+class Health(_Output):
+    status: str

@@ -1,0 +1,424 @@
+"""The HTTP API against its contract, with real PostgreSQL and real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import uuid
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from shelltrail.actors.tree import find_marked
+from shelltrail.eventstore import EventStore
+from tests.integration.conftest import auth
+
+Client = TestClient[Any, Any]
+
+
+async def create_command(api: Client, script: str = "echo hello", **fields: Any) -> dict[str, Any]:
+    response = await api.post(
+        "/api/v1/commands", json={"name": "job", "script": script, **fields}, headers=auth()
+    )
+    assert response.status == 201, await response.text()
+    return dict(await response.json())
+
+
+async def start(api: Client, command_id: str, **fields: Any) -> dict[str, Any]:
+    response = await api.post(
+        "/api/v1/processes", json={"command_id": command_id, **fields}, headers=auth("operator")
+    )
+    assert response.status == 201, await response.text()
+    return dict(await response.json())
+
+
+async def wait_done(api: Client, process_id: str) -> dict[str, Any]:
+    """Follow the process's SSE stream to its end, then return the process."""
+    async with api.get(
+        f"/api/v1/processes/{process_id}/events",
+        headers={**auth("viewer"), "Accept": "text/event-stream"},
+    ) as response:
+        assert response.status == 200
+        await response.read()
+    got = await api.get(f"/api/v1/processes/{process_id}", headers=auth("viewer"))
+    return dict(await got.json())
+
+
+def sse_messages(text: str) -> list[dict[str, str]]:
+    messages = []
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if line.startswith(":") or not line:
+                continue
+            key, _, value = line.partition(": ")
+            fields[key] = value
+        if fields:
+            messages.append(fields)
+    return messages
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+async def test_command_lifecycle(api: Client) -> None:
+    """Create, read, list, replace (new version), list versions, delete twice."""
+    created = await create_command(api, "echo one", env={"A": "1"}, timeout_seconds=30)
+    cid = created["id"]
+    assert created["version"] == 1
+    assert created["env"] == {"A": "1"}
+    assert set(created) == {
+        "id",
+        "name",
+        "description",
+        "script",
+        "version",
+        "timeout_seconds",
+        "env",
+        "created_at",
+        "updated_at",
+    }
+    got = await api.get(f"/api/v1/commands/{cid}", headers=auth("viewer"))
+    assert (await got.json()) == created
+    put = await api.put(
+        f"/api/v1/commands/{cid}", json={"name": "job", "script": "echo two"}, headers=auth()
+    )
+    assert put.status == 200
+    assert (await put.json())["version"] == 2
+    versions = await (await api.get(f"/api/v1/commands/{cid}/versions", headers=auth())).json()
+    assert [(v["version"], v["script"]) for v in versions["items"]] == [
+        (2, "echo two"),
+        (1, "echo one"),
+    ]
+    listing = await (await api.get("/api/v1/commands", headers=auth("viewer"))).json()
+    assert [c["id"] for c in listing["items"]] == [cid]
+    assert listing["next_cursor"] is None
+    for _ in range(2):
+        deleted = await api.delete(f"/api/v1/commands/{cid}", headers=auth())
+        assert deleted.status == 204
+    gone = await api.get(f"/api/v1/commands/{cid}", headers=auth())
+    assert gone.status == 404
+    assert gone.content_type == "application/problem+json"
+
+
+async def test_command_list_pages_with_a_stable_cursor(api: Client) -> None:
+    """Keyset cursors: every command exactly once, newest first, even with inserts between."""
+    ids = [(await create_command(api, f"echo {i}"))["id"] for i in range(7)]
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        query = {"limit": "3", **({"cursor": cursor} if cursor else {})}
+        page = await (await api.get("/api/v1/commands", params=query, headers=auth())).json()
+        seen.extend(c["id"] for c in page["items"])
+        await create_command(api, "echo newer")  # inserted while paging
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen[: len(ids)] == list(reversed(ids))[: len(seen)] or set(ids) <= set(seen)
+    assert len(seen) == len(set(seen))
+    assert set(ids) <= set(seen)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "field"),
+    [
+        (b"{not json", "application/json", 400, None),
+        (b'{"name": "x", "script": "true"}', "text/plain", 415, None),
+        (b'{"name": "x", "script": "true", "extra": 1}', "application/json", 422, "extra"),
+        (b'{"name": 5, "script": "true"}', "application/json", 422, "name"),
+        (b'{"name": "", "script": "true"}', "application/json", 422, "name"),
+        (b'{"name": "x", "script": ""}', "application/json", 422, "script"),
+        (
+            b'{"name": "x", "script": "true", "timeout_seconds": 0}',
+            "application/json",
+            422,
+            "timeout_seconds",
+        ),
+        (
+            b'{"name": "x", "script": "true", "timeout_seconds": "5"}',
+            "application/json",
+            422,
+            "timeout_seconds",
+        ),
+        (
+            b'{"name": "x", "script": "true", "env": {"1BAD": "v"}}',
+            "application/json",
+            422,
+            "env.1BAD.[key]",
+        ),
+        (b'{"name": "x", "script": "a\\u0000b"}', "application/json", 422, "script"),
+        (b"[1, 2]", "application/json", 422, "body"),
+        (
+            json.dumps({"name": "x" * 201, "script": "true"}).encode(),
+            "application/json",
+            422,
+            "name",
+        ),
+    ],
+)
+async def test_bad_command_bodies_get_clear_problems(
+    api: Client, body: bytes, content_type: str, status: int, field: str | None
+) -> None:
+    response = await api.post(
+        "/api/v1/commands", data=body, headers={**auth(), "Content-Type": content_type}
+    )
+    assert response.status == status
+    assert response.content_type == "application/problem+json"
+    problem = await response.json()
+    assert {"type", "title", "status", "detail"} <= set(problem)
+    assert problem["status"] == status
+    if field is not None:
+        assert field in [e["field"] for e in problem["errors"]], problem
+
+
+async def test_a_script_over_one_mebibyte_is_413(api: Client) -> None:
+    headers = {**auth(), "Content-Type": "application/json"}
+
+    def body(size: int) -> io.BytesIO:
+        return io.BytesIO(json.dumps({"name": "big", "script": "#" * size}).encode())
+
+    response = await api.post("/api/v1/commands", data=body(1024 * 1024 + 1), headers=headers)
+    assert response.status == 413
+    exactly = await api.post("/api/v1/commands", data=body(1024 * 1024), headers=headers)
+    assert exactly.status == 201
+
+
+async def test_oversized_body_is_413(api: Client) -> None:
+    response = await api.post(
+        "/api/v1/commands",
+        data=io.BytesIO(b"x" * (9 * 1024 * 1024)),
+        headers={**auth(), "Content-Type": "application/json"},
+    )
+    assert response.status == 413
+    assert response.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/api/v1/commands/not-a-uuid", 404),
+        ("GET", f"/api/v1/commands/{uuid.uuid4()}", 404),
+        ("GET", f"/api/v1/processes/{uuid.uuid4()}", 404),
+        ("GET", "/api/v1/nowhere", 404),
+        ("PATCH", "/api/v1/commands", 405),
+        ("GET", "/api/v1/commands?limit=0", 400),
+        ("GET", "/api/v1/commands?limit=abc", 400),
+        ("GET", "/api/v1/commands?cursor=garbage", 400),
+        ("GET", "/api/v1/processes?status=sleeping", 400),
+        ("GET", "/api/v1/processes?command_id=nope", 400),
+    ],
+)
+async def test_unknown_ids_routes_methods_and_bad_queries(
+    api: Client, method: str, path: str, status: int
+) -> None:
+    response = await api.request(method, path, headers=auth())
+    assert response.status == status
+    assert response.content_type == "application/problem+json"
+    assert (await response.json())["status"] == status
+
+
+# --- processes ------------------------------------------------------------------------
+
+
+async def test_run_a_command_and_read_everything_about_it(api: Client) -> None:
+    command = await create_command(api, 'echo "out $1"; echo err >&2; exit 3')
+    process = await start(api, command["id"], args=["A"])
+    assert process["status"] in ("queued", "running")
+    assert process["command_version"] == 1
+    done = await wait_done(api, process["id"])
+    assert (done["status"], done["exit_code"], done["signal"]) == ("failed", 3, None)
+    assert (done["stdout_bytes"], done["stderr_bytes"]) == (6, 4)
+    assert done["duration_seconds"] is not None
+    pid = process["id"]
+
+    out = await api.get(f"/api/v1/processes/{pid}/output", headers=auth("viewer"))
+    assert (await out.read(), out.headers["X-Next-Offset"]) == (b"out A\n", "6")
+    err = await api.get(
+        f"/api/v1/processes/{pid}/output",
+        params={"stream": "stderr", "offset": "1"},
+        headers=auth(),
+    )
+    assert (await err.read(), err.headers["X-Next-Offset"]) == (b"rr\n", "4")
+
+    events = await (await api.get(f"/api/v1/processes/{pid}/events", headers=auth())).json()
+    types = [e["type"] for e in events["items"]]
+    assert types[0] == "Queued"
+    assert types[-1] == "Exited"
+    chunk = next(e for e in events["items"] if e["type"] == "OutputChunk")
+    assert set(chunk) == {"version", "type", "recorded_at", "hash", "data"}
+    assert base64.b64decode(chunk["data"]["data_base64"]) in (b"out A\n", b"err\n")
+
+    first = await (
+        await api.get(f"/api/v1/processes/{pid}", params={"at_version": "1"}, headers=auth())
+    ).json()
+    assert (first["status"], first["version"], first["started_at"]) == ("queued", 1, None)
+
+    audit = await (await api.get(f"/api/v1/processes/{pid}/audit", headers=auth())).json()
+    assert audit == {
+        "verified": True,
+        "events": done["version"],
+        "head_hash": events["items"][-1]["hash"],
+        "first_bad_version": None,
+    }
+    listing = await (
+        await api.get("/api/v1/processes", params={"status": "failed"}, headers=auth())
+    ).json()
+    assert [p["id"] for p in listing["items"]] == [pid]
+
+
+async def test_stop_a_running_process_and_conflict_after_the_end(api: Client) -> None:
+    command = await create_command(api, "echo ready; sleep 1000 & wait")
+    process = await start(api, command["id"])
+    stop = await api.post(
+        f"/api/v1/processes/{process['id']}/stop",
+        json={"signal": "TERM", "grace_seconds": 1},
+        headers=auth("operator"),
+    )
+    assert stop.status == 202
+    done = await wait_done(api, process["id"])
+    assert (done["status"], done["stop_reason"]) == ("killed", "user")
+    again = await api.post(
+        f"/api/v1/processes/{process['id']}/stop", json={}, headers=auth("operator")
+    )
+    assert again.status == 409
+    assert not await asyncio.to_thread(find_marked, {process["id"]})
+
+
+async def test_deleting_a_running_process_stops_it_first(api: Client) -> None:
+    command = await create_command(api, "sleep 1000")
+    process = await start(api, command["id"])
+    for _ in range(2):
+        response = await api.delete(f"/api/v1/processes/{process['id']}", headers=auth())
+        assert response.status == 204
+    assert (await api.get(f"/api/v1/processes/{process['id']}", headers=auth())).status == 404
+    assert not await asyncio.to_thread(find_marked, {process["id"]})
+
+
+async def test_idempotency_key_returns_the_same_process(api: Client) -> None:
+    command = await create_command(api, "true")
+    headers = {**auth("operator"), "Idempotency-Key": "nightly-2026-11-22"}
+    first = await api.post("/api/v1/processes", json={"command_id": command["id"]}, headers=headers)
+    second = await api.post(
+        "/api/v1/processes", json={"command_id": command["id"]}, headers=headers
+    )
+    assert (first.status, second.status) == (201, 200)
+    assert (await first.json())["id"] == (await second.json())["id"]
+
+
+async def test_starting_an_unknown_or_deleted_command_is_404(api: Client) -> None:
+    command = await create_command(api, "true")
+    await api.delete(f"/api/v1/commands/{command['id']}", headers=auth())
+    for cid in (command["id"], str(uuid.uuid4())):
+        response = await api.post(
+            "/api/v1/processes", json={"command_id": cid}, headers=auth("operator")
+        )
+        assert response.status == 404
+
+
+async def test_a_full_queue_answers_429_with_retry_after(api: Client) -> None:
+    command = await create_command(api, "sleep 1000")
+    statuses = []
+    for _ in range(32 + 64 + 1):  # max_running + max_queued + 1 (see the fixture)
+        response = await api.post(
+            "/api/v1/processes", json={"command_id": command["id"]}, headers=auth("operator")
+        )
+        statuses.append(response.status)
+        if response.status == 429:
+            assert int(response.headers["Retry-After"]) >= 1
+            break
+    assert statuses[-1] == 429
+    assert statuses.count(201) == 32 + 64
+
+
+async def test_sse_follows_history_then_live_and_resumes(api: Client) -> None:
+    """SSE: every version once, in order; a client resuming with Last-Event-ID misses none."""
+    command = await create_command(api, "for i in $(seq 1 300); do echo line $i; sleep 0.001; done")
+    process = await start(api, command["id"])
+    versions: list[int] = []
+    last_id = "0"
+    for attempt in range(3):
+        async with api.get(
+            f"/api/v1/processes/{process['id']}/events",
+            headers={**auth("viewer"), "Accept": "text/event-stream", "Last-Event-ID": last_id},
+        ) as response:
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            buffer = ""
+            while True:
+                line = await response.content.readline()
+                if not line:
+                    break
+                buffer += line.decode()
+                if buffer.endswith("\n\n"):
+                    for message in sse_messages(buffer):
+                        versions.append(int(message["id"]))
+                        last_id = message["id"]
+                        assert json.loads(message["data"])["version"] == int(message["id"])
+                    buffer = ""
+                    if attempt < 2 and len(versions) >= 5 * (attempt + 1):
+                        break  # drop the connection mid-run, resume after
+    assert versions == list(range(1, len(versions) + 1))
+    final = await (await api.get(f"/api/v1/processes/{process['id']}", headers=auth())).json()
+    assert versions[-1] == final["version"]
+
+
+async def test_output_follow_streams_until_the_end(api: Client) -> None:
+    command = await create_command(api, "for i in 1 2 3; do echo $i; sleep 0.1; done; printf end")
+    process = await start(api, command["id"])
+    response = await api.get(
+        f"/api/v1/processes/{process['id']}/output",
+        params={"follow": "true", "offset": "2"},
+        headers=auth("viewer"),
+    )
+    assert await response.read() == b"2\n3\nend"
+
+
+async def test_replay_without_delays(api: Client) -> None:
+    command = await create_command(api, "echo a; echo b >&2")
+    process = await start(api, command["id"])
+    await wait_done(api, process["id"])
+    response = await api.get(
+        f"/api/v1/processes/{process['id']}/replay", params={"speed": "0"}, headers=auth()
+    )
+    messages = sse_messages(await response.text())
+    outputs = [json.loads(m["data"]) for m in messages if m.get("event") == "output"]
+    assert sorted(base64.b64decode(o["data_base64"]) for o in outputs) == [b"a\n", b"b\n"]
+    assert messages[-1]["event"] == "end"
+
+
+async def test_audit_names_a_tampered_event(api: Client, store: EventStore) -> None:
+    command = await create_command(api, "echo secret-output")
+    process = await start(api, command["id"])
+    await wait_done(api, process["id"])
+    pid = uuid.UUID(process["id"])
+    async with store.pool.acquire() as conn:
+        version = await conn.fetchval(
+            "SELECT version FROM events WHERE stream_id = $1 AND type = 'OutputChunk'", pid
+        )
+        await conn.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
+        await conn.execute(
+            "UPDATE events SET payload = overlay(payload placing 'S'::bytea from 1) "
+            "WHERE stream_id = $1 AND version = $2",
+            pid,
+            version,
+        )
+        await conn.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+    audit = await (await api.get(f"/api/v1/processes/{pid}/audit", headers=auth())).json()
+    assert (audit["verified"], audit["first_bad_version"]) == (False, version)
+
+
+# --- documents --------------------------------------------------------------------------
+
+
+async def test_openapi_and_offline_docs(api: Client) -> None:
+    document = await (await api.get("/api/v1/openapi.json")).json()
+    assert document["openapi"] == "3.1.0"
+    assert "/api/v1/processes/{id}/events" in document["paths"]
+    page = await api.get("/api/docs")
+    assert page.status == 200
+    assert "swagger-ui-bundle.js" in await page.text()
+    bundle = await api.get("/api/docs/static/swagger-ui-bundle.js")
+    assert bundle.status == 200
+    assert len(await bundle.read()) > 100_000
