@@ -96,3 +96,14 @@ def repo_root() -> Path:
 def _quiet_logs() -> None:
     """Warnings and errors only: pytest shows them with a failing test."""
     configure_logging(fmt="console", level="WARNING")
+
+
+@pytest.fixture
+def database_url_sync(server_url: str, template_db: str) -> Iterator[str]:
+    """Like ``database_url``, for tests that run no event loop of their own."""
+    name = f"shelltrail_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    try:
+        yield with_database(server_url, name)
+    finally:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

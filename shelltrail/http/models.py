@@ -20,19 +20,20 @@ EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN, max_length=
 NoNulText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
 
 
+#: pydantic describes the key pattern with patternProperties alone, which would let any
+#: other key through: say so explicitly.
+_ENV_SCHEMA: Final[dict[str, Any]] = {
+    "additionalProperties": False,
+    "propertyNames": {"pattern": ENV_NAME_PATTERN, "maxLength": 256},
+}
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Output(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _check_env(env: dict[str, str]) -> dict[str, str]:
-    for value in env.values():
-        if "\x00" in value:
-            raise ValueError("values must not contain NUL characters")
-    return env
 
 
 # --- commands -------------------------------------------------------------------------
@@ -47,11 +48,9 @@ class CommandIn(_Input):
     )
     description: Annotated[str, StringConstraints(max_length=10_000)] | None = None
     timeout_seconds: Annotated[float, Field(gt=0, le=31_536_000)] | None = None
-    env: dict[EnvName, Annotated[str, StringConstraints(max_length=131_072)]] = Field(
-        default_factory=dict, max_length=1000
+    env: dict[EnvName, Annotated[NoNulText, StringConstraints(max_length=131_072)]] = Field(
+        default_factory=dict, max_length=1000, json_schema_extra=_ENV_SCHEMA
     )
-
-    _env_values = field_validator("env")(_check_env)
 
     @field_validator("script")
     @classmethod
@@ -98,12 +97,10 @@ class ProcessIn(_Input):
     args: list[Annotated[NoNulText, StringConstraints(max_length=131_072)]] = Field(
         default_factory=list, max_length=1000
     )
-    env: dict[EnvName, Annotated[str, StringConstraints(max_length=131_072)]] = Field(
-        default_factory=dict, max_length=1000
+    env: dict[EnvName, Annotated[NoNulText, StringConstraints(max_length=131_072)]] = Field(
+        default_factory=dict, max_length=1000, json_schema_extra=_ENV_SCHEMA
     )
     timeout_seconds: Annotated[float, Field(gt=0, le=31_536_000)] | None = None
-
-    _env_values = field_validator("env")(_check_env)
 
 
 Status = Literal["queued", "running", "succeeded", "failed", "killed", "lost"]

@@ -112,6 +112,11 @@ def _operation(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
                 for name, text in headers.items()
             }
         responses[str(status)] = entry
+    problem_content = {"application/problem+json": {"schema": refs[(Problem, "serialization")]}}
+    if route.query is not None:
+        responses.setdefault(
+            "400", {"description": "The query string is not valid.", "content": problem_content}
+        )
     if route.role is not None:
         operation["security"] = [{"bearer": []}]
         problem = {"application/problem+json": {"schema": refs[(Problem, "serialization")]}}

@@ -20,7 +20,10 @@ class _Query(BaseModel):
 
 
 Limit = Annotated[int, Field(ge=1, le=500, description="Items per page (1 to 500).")]
-Cursor = Annotated[str, Field(max_length=200, description="Opaque; from `next_cursor`.")]
+Cursor = Annotated[
+    str,
+    Field(max_length=200, pattern=r"^[A-Za-z0-9_-]+$", description="Opaque; from `next_cursor`."),
+]
 
 
 class ListQuery(_Query):
