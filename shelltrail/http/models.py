@@ -42,11 +42,11 @@ class _Output(BaseModel):
 class CommandIn(_Input):
     """A stored script: created by POST, replaced (as a new version) by PUT."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    name: Annotated[NoNulText, StringConstraints(min_length=1, max_length=200)]
     script: Annotated[NoNulText, StringConstraints(min_length=1)] = Field(
         description="The bash script, 1 byte to 1 MiB (UTF-8); larger bodies are refused with 413."
     )
-    description: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+    description: Annotated[NoNulText, StringConstraints(max_length=10_000)] | None = None
     timeout_seconds: Annotated[float, Field(gt=0, le=31_536_000)] | None = None
     env: dict[EnvName, Annotated[NoNulText, StringConstraints(max_length=131_072)]] = Field(
         default_factory=dict, max_length=1000, json_schema_extra=_ENV_SCHEMA

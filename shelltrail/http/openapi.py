@@ -16,6 +16,7 @@ from shelltrail.http.routes import Route
 
 _REF: Final = "#/components/schemas/{model}"
 _PATH_PARAM: Final = re.compile(r"{(\w+)}")
+_UUID: Final = {"type": "string", "format": "uuid"}
 
 
 def build_openapi(routes: Sequence[Route]) -> dict[str, Any]:
@@ -55,28 +56,38 @@ def _operation(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
         "operationId": f"{route.method.lower()}_{route.handler.__module__.rsplit('.', 1)[-1]}"
         f"_{route.handler.__name__}",
     }
-    parameters: list[dict[str, Any]] = [
-        {
-            "name": name,
-            "in": "path",
+    parameters = _parameters(route)
+    if parameters:
+        operation["parameters"] = parameters
+    if route.body is not None:
+        operation["requestBody"] = {
             "required": True,
-            "schema": {"type": "string", "format": "uuid"},
+            "content": {"application/json": {"schema": refs[(route.body, "validation")]}},
         }
+    if route.role is not None:
+        operation["security"] = [{"bearer": []}]
+    operation["responses"] = _responses(route, refs)
+    return operation
+
+
+def _parameters(route: Route) -> list[dict[str, Any]]:
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": _UUID}
         for name in _PATH_PARAM.findall(route.path)
     ]
     if route.query is not None:
         schema = route.query.model_json_schema(ref_template=_REF)
         required = set(schema.get("required", []))
         for name, prop in schema.get("properties", {}).items():
-            parameters.append(
-                {
-                    "name": name,
-                    "in": "query",
-                    "required": name in required,
-                    "schema": {k: v for k, v in prop.items() if k != "title"},
-                    **({"description": prop["description"]} if "description" in prop else {}),
-                }
-            )
+            parameter = {
+                "name": name,
+                "in": "query",
+                "required": name in required,
+                "schema": {k: v for k, v in prop.items() if k != "title"},
+            }
+            if "description" in prop:
+                parameter["description"] = prop["description"]
+            parameters.append(parameter)
     if route.method == "POST" and route.path.endswith("/processes"):
         parameters.append(
             {
@@ -87,13 +98,11 @@ def _operation(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
                 "description": "The same key returns the same process (200).",
             }
         )
-    if parameters:
-        operation["parameters"] = parameters
-    if route.body is not None:
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": refs[(route.body, "validation")]}},
-        }
+    return parameters
+
+
+def _responses(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    problem = {"application/problem+json": {"schema": refs[(Problem, "serialization")]}}
     responses: dict[str, Any] = {}
     for status, response in sorted(route.responses.items()):
         entry: dict[str, Any] = {"description": response.description}
@@ -101,8 +110,7 @@ def _operation(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
         if response.model is not None:
             media = "application/problem+json" if response.model is Problem else "application/json"
             content[media] = {"schema": refs[(response.model, "serialization")]}
-        if response.media:
-            content.update(response.media)
+        content.update(response.media or {})
         if content:
             entry["content"] = content
         headers = {**(route.headers if status in (200, 201) else {}), **response.headers}
@@ -112,19 +120,15 @@ def _operation(route: Route, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
                 for name, text in headers.items()
             }
         responses[str(status)] = entry
-    problem_content = {"application/problem+json": {"schema": refs[(Problem, "serialization")]}}
     if route.query is not None:
         responses.setdefault(
-            "400", {"description": "The query string is not valid.", "content": problem_content}
+            "400", {"description": "The query string is not valid.", "content": problem}
         )
     if route.role is not None:
-        operation["security"] = [{"bearer": []}]
-        problem = {"application/problem+json": {"schema": refs[(Problem, "serialization")]}}
         responses.setdefault("401", {"description": "No token, or a bad one.", "content": problem})
         if route.role > Role.VIEWER:
+            needed = route.role.name.lower()
             responses.setdefault(
-                "403",
-                {"description": f"Needs the {route.role.name.lower()} role.", "content": problem},
+                "403", {"description": f"Needs the {needed} role.", "content": problem}
             )
-    operation["responses"] = responses
-    return operation
+    return responses

@@ -151,6 +151,13 @@ async def test_command_list_pages_with_a_stable_cursor(api: Client) -> None:
         ),
         (b'{"name": "x", "script": "a\\u0000b"}', "application/json", 422, "script"),
         (b"[1, 2]", "application/json", 422, "body"),
+        (b'{"name": "a\\u0000", "script": "true"}', "application/json", 422, "name"),
+        (
+            b'{"name": "a", "script": "x", "description": "\\u0000"}',
+            "application/json",
+            422,
+            "description",
+        ),
         (
             json.dumps({"name": "x" * 201, "script": "true"}).encode(),
             "application/json",
