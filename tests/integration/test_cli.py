@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -201,3 +202,74 @@ def test_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0 without SHELLTRAIL_TOKENS" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _call(base: str, method: str, path: str, token: str, body: object | None = None) -> object:
+    request = urllib.request.Request(
+        base + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def test_sigterm_stops_runs_with_reason_shutdown(database_url_sync: str, tmp_path: Path) -> None:
+    """SIGTERM: running scripts end as `killed` / `shutdown`, their events are stored, exit 0."""
+    token = "admin-token-0123456789"
+    port = free_port()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("SHELLTRAIL_")}
+    env = {
+        **base_env,
+        "SHELLTRAIL_DATABASE_URL": database_url_sync,
+        "SHELLTRAIL_PORT": str(port),
+        "SHELLTRAIL_DATA_DIR": str(tmp_path),
+        "SHELLTRAIL_TOKENS": f"ops:admin:{token}",
+        "SHELLTRAIL_SHUTDOWN_GRACE_SECONDS": "1",
+    }
+    server = subprocess.Popen([*SHELLTRAIL, "serve"], env=env, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(port, server)
+        command = _call(
+            base,
+            "POST",
+            "/api/v1/commands",
+            token,
+            {"name": "busy", "script": "trap '' TERM; echo up; sleep 1000"},
+        )
+        assert isinstance(command, dict)
+        ids = []
+        for _ in range(3):
+            process = _call(base, "POST", "/api/v1/processes", token, {"command_id": command["id"]})
+            assert isinstance(process, dict)
+            ids.append(process["id"])
+        deadline = time.monotonic() + 30
+        while True:
+            states = [_call(base, "GET", f"/api/v1/processes/{i}", token) for i in ids]
+            if all(isinstance(s, dict) and s["stdout_bytes"] > 0 for s in states):
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0
+        assert time.monotonic() - started < 15
+    finally:
+        if server.poll() is None:
+            server.kill()
+    # Read back with a fresh server: every run ended, killed for the shutdown.
+    rows = asyncio.run(_statuses(database_url_sync))
+    assert sorted(rows) == [("killed", "shutdown")] * 3
+
+
+async def _statuses(url: str) -> list[tuple[str, str]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT status, stop_reason FROM processes")
+        return [(r["status"], r["stop_reason"]) for r in rows]
+    finally:
+        await conn.close()
