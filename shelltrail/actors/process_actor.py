@@ -187,6 +187,8 @@ class ProcessActor(pykka.ThreadingActor):
         with contextlib.suppress(Exception):
             if self._proc is not None and self._proc.returncode is None:
                 signal_group(self._proc.pid, signal.SIGKILL)
+                self._proc.wait(10)  # reap it: no zombie, no stale Popen
+                self._reaper.release(self._proc.pid)
         with contextlib.suppress(Exception):
             self._sweeper.sweep(self._marker)
         with contextlib.suppress(Exception):

@@ -478,3 +478,36 @@ async def test_a_crashed_server_leaves_no_survivor_and_its_runs_are_lost(
             assert await no_survivors(pid, timeout=2)
     finally:
         await restarted.shutdown()
+
+
+async def test_a_failing_actor_still_closes_its_run(
+    runs: Runs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug inside the actor kills the process tree and records a terminal event."""
+    from shelltrail.actors import process_actor
+
+    def broken(self: object, buffer: object) -> None:
+        raise RuntimeError("a bug while reading output")
+
+    monkeypatch.setattr(process_actor.ProcessActor, "_read", broken)
+    pid = await runs.start("sleep 1000 & echo boom; wait")
+    events = await runs.wait(pid)
+    assert last(events).type == "Killed"
+    assert await no_survivors(pid)
+    row = await runs.store.pool.fetchrow("SELECT status FROM processes WHERE id = $1", pid)
+    assert row is not None
+    assert row["status"] == "killed"
+
+
+async def test_no_zombie_is_left_behind(runs: Runs) -> None:
+    """Orphans the runs left, once killed, are reaped by the server (their subreaper)."""
+    from shelltrail.actors.tree import _zombie_children
+
+    pid = await runs.start("sleep 1000 & setsid sleep 1000 & echo ready")
+    await runs.wait(pid)
+    assert await no_survivors(pid)
+    for _ in range(100):
+        if not await asyncio.to_thread(_zombie_children):
+            break
+        await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(_zombie_children) == []
