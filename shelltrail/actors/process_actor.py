@@ -124,7 +124,7 @@ class ProcessActor(pykka.ThreadingActor):
         sweeper: Sweeper,
         reaper: OrphanReaper,
         wake_fd: int,
-        on_finished: Callable[[uuid.UUID], None],
+        on_finished: Callable[[uuid.UUID, concurrent.futures.Future[Any] | None], None],
     ) -> None:
         super().__init__()
         self._spec = spec
@@ -447,18 +447,17 @@ class ProcessActor(pykka.ThreadingActor):
                 self._read(self._streams[key.fd])
 
     def _conclude(self) -> None:
-        """Wait until the events are committed, clean up, tell the supervisor, stop."""
+        """Clean up, hand the supervisor the last append (it waits for it), stop.
+
+        The actor does not wait for its last events to be committed: its thread and slot
+        are free at once, and the supervisor reports the run ended once they are stored.
+        """
         self._done = True
-        if self._last_append is not None:
-            try:
-                self._last_append.result()
-            except Exception as exc:  # noqa: BLE001 -- reported; nothing else to do
-                self._log.error("the run's last events were not stored", error=str(exc))
         try:
             if not self._config.keep_workdirs:
                 shutil.rmtree(self._rundir, ignore_errors=True)
         finally:
-            self._on_finished(self._spec.process_id)
+            self._on_finished(self._spec.process_id, self._last_append)
             self.stop()
 
     def _close_fds(self) -> None:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import pykka
 import structlog
@@ -199,9 +199,11 @@ class ProcessSupervisor:
         handle = _RunHandle(wake_w)
         self._running[spec.process_id] = handle
 
-        def finished(process_id: uuid.UUID) -> None:  # runs in the actor's thread
+        def finished(  # runs in the actor's thread
+            process_id: uuid.UUID, last_append: concurrent.futures.Future[Any] | None
+        ) -> None:
             os.close(wake_r)
-            loop.call_soon_threadsafe(self._finished, process_id, wake_w)
+            loop.call_soon_threadsafe(self._finished, process_id, wake_w, last_append)
 
         def start_actor() -> None:  # runs in the launcher thread
             try:
@@ -237,10 +239,22 @@ class ProcessSupervisor:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _finished(self, process_id: uuid.UUID, wake_w: int) -> None:
+    def _finished(
+        self,
+        process_id: uuid.UUID,
+        wake_w: int,
+        last_append: concurrent.futures.Future[Any] | None = None,
+    ) -> None:
+        """The actor is gone; the run has ended once its last events are stored."""
         os.close(wake_w)
         self._running.pop(process_id, None)
-        self._mark_ended(process_id)
+        if last_append is None or last_append.done():
+            self._mark_ended(process_id)
+        else:
+            loop = asyncio.get_running_loop()
+            last_append.add_done_callback(
+                lambda _: loop.call_soon_threadsafe(self._mark_ended, process_id)
+            )
         self._start_waiting()
 
     def _mark_ended(self, process_id: uuid.UUID) -> None:
