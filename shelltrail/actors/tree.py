@@ -219,6 +219,8 @@ class Sweeper:
 
     def sweep(self, marker: str) -> None:
         """Return once no process marked ``marker`` is alive (and orphans are reaped)."""
+        if self._subreaper and adopted_children() == []:
+            return  # nothing was adopted, so nothing of any ended run lives on
         done = threading.Event()
         self._requests.put((marker, done))
         done.wait()
