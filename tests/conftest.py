@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,17 +27,21 @@ TEST_NODE = "test-node"
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """An admin URL of the PostgreSQL server the tests use."""
     configured = os.environ.get("SHELLTRAIL_TEST_DATABASE_URL")
     if configured:
         yield configured
         return
-    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("embedded"))
+    # Not under pytest's basetemp: another pytest session on the machine prunes old
+    # basetemp directories, and would delete a running server's data under it.
+    data_dir = Path(tempfile.mkdtemp(prefix="shelltrail-test-pg-"))
+    embedded = EmbeddedPostgres(data_dir)
     try:
         yield embedded.start()
     finally:
         embedded.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def _admin(url: str, sql: str) -> None:

@@ -33,6 +33,7 @@ from shelltrail.actors.tree import MARKER, OrphanReaper, Sweeper, signal_group
 from shelltrail.domain import (
     Exited,
     Killed,
+    Lost,
     OutputChunk,
     OutputTruncated,
     ProcessEvent,
@@ -191,18 +192,16 @@ class ProcessActor(pykka.ThreadingActor):
                 self._reaper.release(self._proc.pid)
         with contextlib.suppress(Exception):
             self._sweeper.sweep(self._marker)
+        # Stopping anyway: say so with its reason. Otherwise the run lost its owner.
+        ending: ProcessEvent = (
+            Killed(signal=signal.SIGKILL, reason=self._stopping.reason, finished_at=_now())
+            if self._stopping is not None
+            else Lost(node=self._config.node, last_status="running", detected_at=_now())
+        )
         with contextlib.suppress(Exception):
-            self._emit(
-                [
-                    Killed(
-                        signal=signal.SIGKILL,
-                        reason=self._stopping.reason if self._stopping else "shutdown",
-                        finished_at=_now(),
-                    )
-                ]
-            )
+            self._emit([ending])
         self._close_fds()
-        self._conclude()
+        self._conclude(stop=False)  # pykka is already stopping this actor
 
     # --- starting -------------------------------------------------------------------------
 
@@ -446,7 +445,7 @@ class ProcessActor(pykka.ThreadingActor):
             for key, _ in self._selector.select(remaining):
                 self._read(self._streams[key.fd])
 
-    def _conclude(self) -> None:
+    def _conclude(self, *, stop: bool = True) -> None:
         """Clean up, hand the supervisor the last append (it waits for it), stop.
 
         The actor does not wait for its last events to be committed: its thread and slot
@@ -458,7 +457,8 @@ class ProcessActor(pykka.ThreadingActor):
                 shutil.rmtree(self._rundir, ignore_errors=True)
         finally:
             self._on_finished(self._spec.process_id, self._last_append)
-            self.stop()
+            if stop:
+                self.stop()
 
     def _close_fds(self) -> None:
         if self._selector is not None:
@@ -503,3 +503,10 @@ _BASH = shutil.which("bash") or "bash"
 def _pdeathsig_prefix() -> list[str]:
     """Make the script's main process die with the server, without a ``preexec_fn``."""
     return [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
+
+
+if _SETPRIV is None:
+    structlog.get_logger(__name__).warning(
+        "setpriv (util-linux) not found: scripts will not die with a crashed server; "
+        "they are killed when it restarts"
+    )

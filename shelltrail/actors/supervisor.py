@@ -74,6 +74,7 @@ class _RunHandle:
         self._lock = threading.Lock()
         self._actor_ref: pykka.ActorRef[ProcessActor] | None = None
         self._early: list[object] = []
+        self._closed = False
 
     def attach(self, actor_ref: pykka.ActorRef[ProcessActor]) -> None:
         """Runs in the launcher thread, once the actor has started."""
@@ -88,12 +89,20 @@ class _RunHandle:
             if self._actor_ref is None:
                 self._early.append(message)
                 return
-            actor_ref = self._actor_ref
-        with contextlib.suppress(pykka.ActorDeadError):
-            actor_ref.tell(message)
-        # A full pipe already holds a wake-up; a closed one means the run has ended.
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"\0")
+            if self._closed:
+                return
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._actor_ref.tell(message)
+            # A full pipe already holds a wake-up; a broken one means the run has ended.
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"\0")
+
+    def close(self) -> None:
+        """Close the write end; under the lock, so no late tell writes to a reused fd."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._wake_w)
 
 
 class ProcessSupervisor:
@@ -246,8 +255,11 @@ class ProcessSupervisor:
         last_append: concurrent.futures.Future[Any] | None = None,
     ) -> None:
         """The actor is gone; the run has ended once its last events are stored."""
-        os.close(wake_w)
-        self._running.pop(process_id, None)
+        handle = self._running.pop(process_id, None)
+        if handle is not None:
+            handle.close()
+        else:
+            os.close(wake_w)
         if last_append is None or last_append.done():
             self._mark_ended(process_id)
         else:

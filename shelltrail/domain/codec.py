@@ -92,6 +92,37 @@ def decode(type_name: str, data: Any, payload: bytes | None) -> DomainEvent:
         raise EventDecodeError(f"{type_name}: {exc}") from None
 
 
+_CHUNK_KEYS: Final = frozenset({"stream", "offset", "length", "captured_at"})
+
+
+def chunk_facts(data: Any) -> tuple[str, int, int]:
+    """``(stream, offset, length)`` of a stored OutputChunk, as strictly as :func:`decode`.
+
+    The fast path of replay: well-formed chunk data is checked field by field without
+    building the event; anything unusual goes through :func:`decode` for its exact error.
+    """
+    if isinstance(data, dict) and data.keys() == _CHUNK_KEYS:
+        stream, offset, length = data["stream"], data["offset"], data["length"]
+        captured_at = data["captured_at"]
+        if (
+            (stream == "stdout" or stream == "stderr")  # noqa: PLR1714 -- faster than a set
+            and type(offset) is int
+            and type(length) is int
+            and offset >= 0
+            and length >= 0
+            and type(captured_at) is str
+        ):
+            try:
+                parsed = datetime.fromisoformat(captured_at)
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed.tzinfo is not None:
+                return stream, offset, length
+    event = decode("OutputChunk", data, None)
+    assert isinstance(event, OutputChunk)
+    return event.stream, event.offset, event.length
+
+
 def _to_json(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)

@@ -134,5 +134,7 @@ def _snapshot(
 def _refuse(recorded: Recorded, why: str) -> NoReturn:
     raise InvalidTransition(
         f"{type(recorded.event).__name__} at version {recorded.version} "
-        f"of command {recorded.stream_id}: {why}"
+        f"of command {recorded.stream_id}: {why}",
+        stream_id=recorded.stream_id,
+        version=recorded.version,
     )

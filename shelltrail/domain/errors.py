@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 
 class DomainError(Exception):
     """Base of every error raised by shelltrail's domain rules."""
@@ -9,6 +11,13 @@ class DomainError(Exception):
 
 class InvalidTransition(DomainError):
     """An event does not fit the history it is appended to (e.g. output after the end)."""
+
+    def __init__(
+        self, message: str, *, stream_id: uuid.UUID | None = None, version: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.stream_id = stream_id
+        self.version = version
 
 
 class EventDecodeError(DomainError):

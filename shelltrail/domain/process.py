@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NoReturn, TypeAlias
@@ -120,16 +120,9 @@ def evolve_process(  # noqa: PLR0911, PLR0912 -- one case per event type reads b
                 version=v,
             )
         case OutputChunk():
-            if state.status != "running":
-                _refuse(recorded, f"output from a process that is {state.status}")
-            stored = state.stdout_bytes if event.stream == "stdout" else state.stderr_bytes
-            if event.offset != stored:
-                _refuse(
-                    recorded, f"{event.stream} chunk at offset {event.offset}, expected {stored}"
-                )
-            if event.stream == "stdout":
-                return replace(state, stdout_bytes=stored + event.length, version=v)
-            return replace(state, stderr_bytes=stored + event.length, version=v)
+            return evolve_output(
+                state, recorded.stream_id, v, [(event.stream, event.offset, event.length)]
+            )
         case OutputTruncated():
             if state.status != "running":
                 _refuse(recorded, f"output from a process that is {state.status}")
@@ -187,18 +180,76 @@ def evolve_process(  # noqa: PLR0911, PLR0912 -- one case per event type reads b
     raise AssertionError("unreachable")  # pragma: no cover -- every case returns or raises
 
 
+#: An output chunk as the fold needs it: stream, offset, length.
+ChunkFacts: TypeAlias = tuple[str, int, int]
+
+
+def evolve_output(
+    state: ProcessState | None,
+    stream_id: uuid.UUID,
+    first_version: int,
+    chunks: Sequence[ChunkFacts],
+) -> ProcessState:
+    """Apply consecutive OutputChunk events (versions ``first_version``, +1, …) at once.
+
+    The same rules as :func:`evolve_process`, checked chunk by chunk, but one new state
+    for the whole run of chunks: output dominates every log, and this is its fast path.
+    """
+    version = first_version
+    if state is None:
+        _refuse_at(stream_id, version, "the first event of a process must be Queued")
+    if version != state.version + 1:
+        _refuse_at(stream_id, version, f"version {version} does not follow {state.version}")
+    if state.deleted:
+        _refuse_at(stream_id, version, "the process is deleted")
+    if state.status != "running":
+        _refuse_at(stream_id, version, f"output from a process that is {state.status}")
+    stdout, stderr = state.stdout_bytes, state.stderr_bytes
+    for stream, offset, length in chunks:
+        expected = stdout if stream == "stdout" else stderr
+        if offset != expected:
+            _refuse_at(
+                stream_id, version, f"{stream} chunk at offset {offset}, expected {expected}"
+            )
+        if stream == "stdout":
+            stdout += length
+        else:
+            stderr += length
+        version += 1
+    return dataclasses.replace(state, stdout_bytes=stdout, stderr_bytes=stderr, version=version - 1)
+
+
+def fold_process(state: ProcessState | None, history: Sequence[Recorded]) -> ProcessState:
+    """Apply a stream's consecutive events, taking runs of output chunks in one step."""
+    i, n = 0, len(history)
+    while i < n:
+        recorded = history[i]
+        if not isinstance(recorded.event, OutputChunk):
+            state = evolve_process(state, recorded)
+            i += 1
+            continue
+        j = i
+        chunks: list[ChunkFacts] = []
+        while (
+            j < n
+            and isinstance(chunk := history[j].event, OutputChunk)
+            and history[j].version == recorded.version + (j - i)
+        ):
+            chunks.append((chunk.stream, chunk.offset, chunk.length))
+            j += 1
+        state = evolve_output(state, recorded.stream_id, recorded.version, chunks)
+        i = j
+    if state is None:
+        raise InvalidTransition("a process needs at least its Queued event")
+    return state
+
+
 def project_process(
     history: Iterable[Recorded], *, until_version: int | None = None
 ) -> ProcessState:
     """Fold a process's events, optionally only up to ``until_version`` (inclusive)."""
-    state: ProcessState | None = None
-    for recorded in history:
-        if until_version is not None and recorded.version > until_version:
-            break
-        state = evolve_process(state, recorded)
-    if state is None:
-        raise InvalidTransition("a process needs at least its Queued event")
-    return state
+    events = [r for r in history if until_version is None or r.version <= until_version]
+    return fold_process(None, events)
 
 
 def _refuse_unless_running(state: ProcessState, recorded: Recorded) -> None:
@@ -209,5 +260,15 @@ def _refuse_unless_running(state: ProcessState, recorded: Recorded) -> None:
 def _refuse(recorded: Recorded, why: str) -> NoReturn:
     raise InvalidTransition(
         f"{type(recorded.event).__name__} at version {recorded.version} "
-        f"of process {recorded.stream_id}: {why}"
+        f"of process {recorded.stream_id}: {why}",
+        stream_id=recorded.stream_id,
+        version=recorded.version,
+    )
+
+
+def _refuse_at(stream_id: uuid.UUID, version: int, why: str) -> NoReturn:
+    raise InvalidTransition(
+        f"OutputChunk at version {version} of process {stream_id}: {why}",
+        stream_id=stream_id,
+        version=version,
     )

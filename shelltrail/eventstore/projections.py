@@ -22,6 +22,7 @@ from shelltrail.domain import (
     evolve_command,
     evolve_process,
 )
+from shelltrail.domain.process import ChunkFacts, evolve_output, fold_process
 from shelltrail.eventstore.db import Connection
 
 PROCESS_COLUMNS: Final[tuple[str, ...]] = tuple(f.name for f in dataclasses.fields(ProcessState))
@@ -158,6 +159,9 @@ def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
 
 _UPSERT_PROCESS: Final = _upsert_sql("processes", PROCESS_COLUMNS, ("id",))
 _UPSERT_COMMAND: Final = _upsert_sql("commands", COMMAND_COLUMNS, ("id",))
+_UPDATE_COUNTS: Final = (
+    "UPDATE processes SET stdout_bytes = $2, stderr_bytes = $3, version = $4 WHERE id = $1"
+)
 _INSERT_COMMAND_VERSION: Final = (
     f"INSERT INTO command_versions ({', '.join(COMMAND_VERSION_COLUMNS)}) "
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(COMMAND_VERSION_COLUMNS) + 1))})"
@@ -194,13 +198,26 @@ async def apply_inline(
         if unknown:
             rows = await conn.fetch("SELECT * FROM processes WHERE id = ANY($1::uuid[])", unknown)
             states.update((r["id"], process_from_row(r)) for r in rows)
+        full_rows = []
+        count_rows = []
         for sid in process_ids:
-            state = states.get(sid)
-            for recorded in by_stream[sid]:
-                state = evolve_process(state, recorded)
-            assert state is not None
-            new_states[sid] = state
-        await conn.executemany(_UPSERT_PROCESS, [process_to_row(s) for s in new_states.values()])
+            old = states.get(sid)
+            new = fold_process(old, by_stream[sid])
+            new_states[sid] = new
+            if old is not None and new == dataclasses.replace(
+                old,
+                stdout_bytes=new.stdout_bytes,
+                stderr_bytes=new.stderr_bytes,
+                version=new.version,
+            ):
+                # Only output arrived: a narrow update, which PostgreSQL can do in place.
+                count_rows.append((sid, new.stdout_bytes, new.stderr_bytes, new.version))
+            else:
+                full_rows.append(process_to_row(new))
+        if full_rows:
+            await conn.executemany(_UPSERT_PROCESS, full_rows)
+        if count_rows:
+            await conn.executemany(_UPDATE_COUNTS, count_rows)
     if command_ids:
         rows = await conn.fetch("SELECT * FROM commands WHERE id = ANY($1::uuid[])", command_ids)
         commands: dict[uuid.UUID, CommandState | None] = {
@@ -228,18 +245,47 @@ async def apply_inline(
 
 
 class ProjectionBuilder:
-    """Folds a whole log, stream by stream, into fresh projection rows (for replay)."""
+    """Folds a whole log, stream by stream, into fresh projection rows (for replay).
+
+    Output chunks wait in a per-stream run and are folded in one step (``evolve_output``)
+    when another event of that stream arrives, or at :meth:`finish`.
+    """
 
     def __init__(self) -> None:
         self.processes: dict[uuid.UUID, ProcessState] = {}
         self.commands: dict[uuid.UUID, CommandState] = {}
+        self._chunks: dict[uuid.UUID, tuple[int, list[ChunkFacts]]] = {}
 
     def add(self, stream_type: str, recorded: Recorded) -> None:
         sid = recorded.stream_id
         if stream_type == "process":
+            if sid in self._chunks:
+                self._fold_chunks(sid)
             self.processes[sid] = evolve_process(self.processes.get(sid), recorded)
         else:
             self.commands[sid] = evolve_command(self.commands.get(sid), recorded)
+
+    def add_chunk(self, stream_id: uuid.UUID, version: int, facts: ChunkFacts) -> None:
+        pending = self._chunks.get(stream_id)
+        if pending is None:
+            self._chunks[stream_id] = (version, [facts])
+            return
+        first, chunks = pending
+        if version != first + len(chunks):  # not consecutive: let the fold say so
+            self._fold_chunks(stream_id)
+            self._chunks[stream_id] = (version, [facts])
+            return
+        chunks.append(facts)
+
+    def finish(self) -> None:
+        for sid in list(self._chunks):
+            self._fold_chunks(sid)
+
+    def _fold_chunks(self, stream_id: uuid.UUID) -> None:
+        first, chunks = self._chunks.pop(stream_id)
+        self.processes[stream_id] = evolve_output(
+            self.processes.get(stream_id), stream_id, first, chunks
+        )
 
     def rows(self) -> dict[str, list[tuple[Any, ...]]]:
         return {

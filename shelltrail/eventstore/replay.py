@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from shelltrail.domain import DomainError, Recorded, decode
+from shelltrail.domain import DomainError, InvalidTransition, Recorded, decode
+from shelltrail.domain.codec import chunk_facts
 from shelltrail.eventstore.db import Connection
 from shelltrail.eventstore.projections import TABLES, ProjectionBuilder
 
@@ -45,16 +46,28 @@ async def fold_log(conn: Connection) -> tuple[ProjectionBuilder, int]:
     count = 0
     async for row in conn.cursor(_REPLAY_QUERY, prefetch=_FETCH):
         try:
-            recorded = Recorded(
-                stream_id=row["stream_id"],
-                version=row["version"],
-                recorded_at=row["recorded_at"],
-                event=decode(row["type"], row["data"], None),
-            )
-            builder.add(row["stream_type"], recorded)
+            if row["type"] == "OutputChunk" and row["stream_type"] == "process":
+                builder.add_chunk(row["stream_id"], row["version"], chunk_facts(row["data"]))
+            else:
+                recorded = Recorded(
+                    stream_id=row["stream_id"],
+                    version=row["version"],
+                    recorded_at=row["recorded_at"],
+                    event=decode(row["type"], row["data"], None),
+                )
+                builder.add(row["stream_type"], recorded)
+        except InvalidTransition as exc:
+            # A run of chunks is folded later: the error knows which event it was.
+            version = exc.version if exc.version is not None else row["version"]
+            stream_id = exc.stream_id if exc.stream_id is not None else row["stream_id"]
+            raise ReplayError(stream_id, version, str(exc)) from None
         except DomainError as exc:
             raise ReplayError(row["stream_id"], row["version"], str(exc)) from None
         count += 1
+    try:
+        builder.finish()
+    except InvalidTransition as exc:
+        raise ReplayError(exc.stream_id, exc.version or 0, str(exc)) from None
     return builder, count
 
 

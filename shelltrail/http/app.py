@@ -16,7 +16,7 @@ from shelltrail.actors import ProcessSupervisor
 from shelltrail.eventstore import EventStore
 from shelltrail.eventstore.migrate import pending_migrations
 from shelltrail.http import commands, processes, streams
-from shelltrail.http.auth import TokenRegistry
+from shelltrail.http.auth import Principal, TokenRegistry
 from shelltrail.http.context import PRINCIPAL, STORE, SUPERVISOR, TOKENS, json_response
 from shelltrail.http.models import Health
 from shelltrail.http.openapi import build_openapi
@@ -92,7 +92,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[_request_log, _problems, _authenticate],
+        middlewares=[_request_log, _problems],
         handler_args={"max_line_size": MAX_QUERY_BYTES, "max_field_size": MAX_QUERY_BYTES},
     )
     app[STORE] = store
@@ -128,42 +128,39 @@ def _swagger_ui_dir() -> Path:
 
 
 def _guarded(route: Route) -> Handler:
-    """The route's handler, refusing principals below its role (401/403)."""
+    """The route's handler behind its token check: 401 without a valid token, 403 below
+    its role. Public routes ignore the Authorization header altogether."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         if route.role is not None:
-            who = request.get(PRINCIPAL)
-            if who is None:
-                raise HTTPProblem(
-                    401,
-                    "send a token: Authorization: Bearer <token>",
-                    headers={"WWW-Authenticate": 'Bearer realm="shelltrail"'},
-                )
+            who = _authenticate(request)
             if who.role < route.role:
                 needed, held = route.role.name.lower(), who.role.name.lower()
                 raise HTTPProblem(403, f"this needs the {needed} role; you are {held}")
+            request[PRINCIPAL] = who
         return await route.handler(request)
 
     handler.__name__ = route.handler.__name__
     return handler
 
 
-@web.middleware
-async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _authenticate(request: web.Request) -> Principal:
     header = request.headers.get("Authorization")
-    if header is not None:
-        scheme, _, token = header.partition(" ")
-        who = (
-            request.app[TOKENS].authenticate(token.strip()) if scheme.lower() == "bearer" else None
+    if header is None:
+        raise HTTPProblem(
+            401,
+            "send a token: Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": 'Bearer realm="shelltrail"'},
         )
-        if who is None:
-            raise HTTPProblem(
-                401,
-                "the token is not valid",
-                headers={"WWW-Authenticate": 'Bearer realm="shelltrail", error="invalid_token"'},
-            )
-        request[PRINCIPAL] = who
-    return await handler(request)
+    scheme, _, token = header.partition(" ")
+    who = request.app[TOKENS].authenticate(token.strip()) if scheme.lower() == "bearer" else None
+    if who is None:
+        raise HTTPProblem(
+            401,
+            "the token is not valid",
+            headers={"WWW-Authenticate": 'Bearer realm="shelltrail", error="invalid_token"'},
+        )
+    return who
 
 
 @web.middleware

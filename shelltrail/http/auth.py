@@ -105,7 +105,14 @@ class TokenRegistry:
             return cls.parse(setting), None
         stored = data_dir / GENERATED_TOKEN_FILE
         if stored.exists():
-            digest = bytes.fromhex(stored.read_text().strip())
+            try:
+                digest = bytes.fromhex(stored.read_text().strip())
+            except (OSError, ValueError):
+                digest = b""
+            if len(digest) != hashlib.sha256().digest_size:
+                raise TokenConfigError(
+                    f"{stored} does not hold a token hash; delete it to get a new admin token"
+                )
             return cls({digest: Principal("admin", Role.ADMIN)}, configured=False), None
         token = secrets.token_urlsafe(32)
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,8 @@ def command_out(row: CommandRow) -> Command:
         version=c.version,
         timeout_seconds=c.timeout_seconds,
         env=c.env,
+        max_output_bytes=c.max_output_bytes,
+        output_limit_policy=c.output_limit_policy,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -68,6 +70,8 @@ async def create_command(request: web.Request) -> web.Response:
         description=body.description,
         timeout_seconds=body.timeout_seconds,
         env=body.env,
+        max_output_bytes=body.max_output_bytes,
+        output_limit_policy=body.output_limit_policy,
         requested_by=principal_name(request),
     )
     await store.append(command_id, [event], expected_version=0)
@@ -102,8 +106,8 @@ async def replace(request: web.Request) -> web.Response:
         description=body.description,
         timeout_seconds=body.timeout_seconds,
         env=body.env,
-        max_output_bytes=row.current.max_output_bytes,
-        output_limit_policy=row.current.output_limit_policy,
+        max_output_bytes=body.max_output_bytes,
+        output_limit_policy=body.output_limit_policy,
         requested_by=principal_name(request),
     )
     try:

@@ -10,11 +10,27 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 MAX_SCRIPT_BYTES: Final = 1024 * 1024
 ENV_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 5.0 as an integer: accept it as 5 (strict mode would not)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+ByteCount = Annotated[int, Field(ge=0, le=2**62), BeforeValidator(_integral)]
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN, max_length=256)]
 # PostgreSQL's jsonb cannot hold U+0000, and bash cannot take it in a script or argument.
 NoNulText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
@@ -51,6 +67,14 @@ class CommandIn(_Input):
     env: dict[EnvName, Annotated[NoNulText, StringConstraints(max_length=131_072)]] = Field(
         default_factory=dict, max_length=1000, json_schema_extra=_ENV_SCHEMA
     )
+    max_output_bytes: ByteCount | None = Field(
+        default=None,
+        description="Output kept per run (stdout and stderr together); default: the server's.",
+    )
+    output_limit_policy: Literal["truncate", "kill"] = Field(
+        default="truncate",
+        description="Beyond the cap: drop and count the bytes (truncate), or kill the run.",
+    )
 
     @field_validator("script")
     @classmethod
@@ -75,6 +99,8 @@ class Command(_Output):
     version: int
     timeout_seconds: float | None
     env: dict[str, str]
+    max_output_bytes: int | None
+    output_limit_policy: Literal["truncate", "kill"]
     created_at: datetime
     updated_at: datetime
 

@@ -29,6 +29,7 @@ from shelltrail.http.queries import EventsQuery, OutputQuery, ReplayQuery
 from shelltrail.http.routes import Response, Route
 
 KEEPALIVE_SECONDS: Final = 15.0
+_PAGE_BYTES: Final = 16 * 1024 * 1024
 TERMINAL_TYPES: Final = frozenset(t.__name__ for t in TERMINAL_EVENT_TYPES)
 
 
@@ -139,10 +140,12 @@ async def output(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     if state.is_terminal:
-        data = await read_output(
-            store.pool, state.id, query.stream, offset=query.offset, limit=2**62
-        )
-        await response.write(data)
+        position = query.offset
+        while data := await read_output(
+            store.pool, state.id, query.stream, offset=position, limit=_PAGE_BYTES
+        ):
+            await response.write(data)
+            position += len(data)
         return response
     first = await first_chunk_version(store.pool, state.id, query.stream, query.offset)
     after = first - 1 if first is not None else state.version

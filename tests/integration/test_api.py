@@ -78,6 +78,8 @@ async def test_command_lifecycle(api: Client) -> None:
         "version",
         "timeout_seconds",
         "env",
+        "max_output_bytes",
+        "output_limit_policy",
         "created_at",
         "updated_at",
     }
@@ -429,3 +431,27 @@ async def test_openapi_and_offline_docs(api: Client) -> None:
     bundle = await api.get("/api/docs/static/swagger-ui-bundle.js")
     assert bundle.status == 200
     assert len(await bundle.read()) > 100_000
+
+
+async def test_output_follow_of_an_ended_run_returns_everything(api: Client) -> None:
+    command = await create_command(api, "head -c 200000 /dev/zero | tr '\\0' y")
+    process = await start(api, command["id"])
+    await wait_done(api, process["id"])
+    response = await api.get(
+        f"/api/v1/processes/{process['id']}/output",
+        params={"follow": "true", "offset": "5"},
+        headers=auth("viewer"),
+    )
+    assert await response.read() == b"y" * 199_995
+
+
+async def test_a_command_can_cap_its_output_and_kill_at_the_cap(api: Client) -> None:
+    command = await create_command(api, "yes", max_output_bytes=50_000, output_limit_policy="kill")
+    assert (command["max_output_bytes"], command["output_limit_policy"]) == (50_000, "kill")
+    process = await start(api, command["id"])
+    done = await wait_done(api, process["id"])
+    assert (done["status"], done["stop_reason"], done["stdout_bytes"]) == (
+        "killed",
+        "output_limit",
+        50_000,
+    )

@@ -44,8 +44,11 @@ async def test_every_route_checks_tokens_and_roles(api: Client) -> None:
 
 
 async def test_health_and_documents_need_no_token(api: Client) -> None:
+    """Public routes answer with no token, and ignore a bad one."""
     for route in OPS_ROUTES:
         assert (await api.get(route.path)).status == 200
+        bad = await api.get(route.path, headers={"Authorization": "Bearer nonsense"})
+        assert bad.status == 200
     assert (await api.get("/api/v1/openapi.json")).status == 200
     assert (await api.get("/api/docs")).status == 200
 
@@ -94,3 +97,9 @@ def test_tokens_can_come_from_a_file(tmp_path: Path) -> None:
     who = registry.authenticate("0123456789abcdef")
     assert who is not None
     assert (who.name, who.role) == ("ci", Role.OPERATOR)
+
+
+def test_a_corrupt_token_hash_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "admin-token.sha256").write_text("not hex\n")
+    with pytest.raises(TokenConfigError, match="does not hold a token hash"):
+        TokenRegistry.from_settings(None, tmp_path)

@@ -492,11 +492,11 @@ async def test_a_failing_actor_still_closes_its_run(
     monkeypatch.setattr(process_actor.ProcessActor, "_read", broken)
     pid = await runs.start("sleep 1000 & echo boom; wait")
     events = await runs.wait(pid)
-    assert last(events).type == "Killed"
+    assert last(events).type == "Lost"
     assert await no_survivors(pid)
     row = await runs.store.pool.fetchrow("SELECT status FROM processes WHERE id = $1", pid)
     assert row is not None
-    assert row["status"] == "killed"
+    assert row["status"] == "lost"
 
 
 async def test_no_zombie_is_left_behind(runs: Runs) -> None:

@@ -25,9 +25,12 @@ from shelltrail.domain import (
     Started,
     decode,
     encode,
+    evolve_process,
     project_command,
     project_process,
 )
+from shelltrail.domain.codec import chunk_facts
+from shelltrail.domain.process import fold_process
 from tests.strategies import T0, command_histories, process_histories
 
 
@@ -191,3 +194,48 @@ def test_undecodable_rows_are_refused(
     """Decoding is strict and says what is wrong."""
     with pytest.raises(EventDecodeError, match=message):
         decode(type_name, data, payload)
+
+
+@given(process_histories())
+def test_the_chunk_fast_path_folds_like_event_by_event(events: list[ProcessEvent]) -> None:
+    """fold_process (runs of chunks at once) gives exactly the state of evolve_process."""
+    history = record(uuid.uuid4(), events)
+    one_by_one = None
+    for recorded in history:
+        one_by_one = evolve_process(one_by_one, recorded)
+    assert fold_process(None, history) == one_by_one
+
+
+@given(process_histories())
+def test_chunk_facts_agree_with_decode(events: list[ProcessEvent]) -> None:
+    for event in events:
+        if isinstance(event, OutputChunk):
+            _, data, _ = encode(event)
+            assert chunk_facts(data) == (event.stream, event.offset, event.length)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"stream": "stdin", "offset": 0, "length": 1, "captured_at": "2026-01-01T00:00:00+00:00"},
+        {
+            "stream": "stdout",
+            "offset": "0",
+            "length": 1,
+            "captured_at": "2026-01-01T00:00:00+00:00",
+        },
+        {"stream": "stdout", "offset": 0, "length": 1, "captured_at": "yesterday"},
+        {"stream": "stdout", "offset": 0, "length": 1},
+    ],
+)
+def test_chunk_facts_refuse_what_decode_refuses(data: dict[str, object]) -> None:
+    with pytest.raises(EventDecodeError):
+        chunk_facts(data)
+
+
+def test_a_gap_in_a_run_of_chunks_is_named() -> None:
+    sid = uuid.uuid4()
+    history = record(sid, [QUEUED, STARTED, _chunk(0), _chunk(1), _chunk(5)])
+    with pytest.raises(InvalidTransition, match=r"version 5 .*offset 5, expected 2") as info:
+        fold_process(None, history)
+    assert info.value.version == 5
