@@ -10,10 +10,29 @@ from shelltrail.domain.codec import chunk_facts
 from shelltrail.eventstore.db import Connection
 from shelltrail.eventstore.projections import TABLES, ProjectionBuilder
 
-# Replay needs each chunk's length, not its bytes: `length` is in `data`.
-_REPLAY_QUERY: Final = (
-    "SELECT stream_id, stream_type, version, type, data, recorded_at FROM events ORDER BY position"
-)
+# Replay needs each chunk's stream, offset and length, never its bytes. A chunk whose data
+# has exactly the shape the writer stores is checked and unpacked by PostgreSQL (on its own
+# core, without decoding JSON in Python); anything else comes back as `data` and goes
+# through the strict decoder, which names what is wrong with it.
+_WELL_FORMED_CHUNK: Final = """(
+    e.type = 'OutputChunk' AND e.stream_type = 'process'
+    AND e.data - 'stream' - 'offset' - 'length' - 'captured_at' = '{}'::jsonb
+    AND e.data->>'stream' IN ('stdout', 'stderr')
+    AND jsonb_typeof(e.data->'offset') = 'number' AND e.data->>'offset' ~ '^[0-9]{1,18}$'
+    AND jsonb_typeof(e.data->'length') = 'number' AND e.data->>'length' ~ '^[0-9]{1,18}$'
+    AND jsonb_typeof(e.data->'captured_at') = 'string'
+    AND e.data->>'captured_at' ~ ('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}'
+                                  || '([.][0-9]{1,6})?[+-][0-9]{2}:[0-9]{2}$')
+)"""
+_REPLAY_QUERY: Final = f"""
+SELECT stream_id, stream_type, version, type, recorded_at,
+       CASE WHEN fast THEN NULL ELSE data END AS data,
+       CASE WHEN fast THEN data->>'stream' END AS chunk_stream,
+       CASE WHEN fast THEN (data->>'offset')::bigint END AS chunk_offset,
+       CASE WHEN fast THEN (data->>'length')::bigint END AS chunk_length
+FROM (SELECT e.*, {_WELL_FORMED_CHUNK} AS fast FROM events e) AS e
+ORDER BY position
+"""
 _FETCH: Final = 10_000
 
 
@@ -46,7 +65,10 @@ async def fold_log(conn: Connection) -> tuple[ProjectionBuilder, int]:
     count = 0
     async for row in conn.cursor(_REPLAY_QUERY, prefetch=_FETCH):
         try:
-            if row["type"] == "OutputChunk" and row["stream_type"] == "process":
+            if row["chunk_stream"] is not None:
+                facts = (row["chunk_stream"], row["chunk_offset"], row["chunk_length"])
+                builder.add_chunk(row["stream_id"], row["version"], facts)
+            elif row["type"] == "OutputChunk" and row["stream_type"] == "process":
                 builder.add_chunk(row["stream_id"], row["version"], chunk_facts(row["data"]))
             else:
                 recorded = Recorded(

@@ -163,3 +163,39 @@ def test_inline_projections_equal_replay(database_url: str) -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            '{"stream": "stdout", "offset": 0, "length": 1, "captured_at": "x", "extra": 1}',
+            "unexpected fields",
+        ),
+        (
+            '{"stream": "stdout", "offset": 0, "length": "1", '
+            '"captured_at": "2026-01-01T00:00:00+00:00"}',
+            "must be an integer",
+        ),
+        (
+            '{"stream": "stdout", "offset": 0, "length": 1, "captured_at": "2026-01-01 noon"}',
+            "captured_at",
+        ),
+    ],
+)
+async def test_malformed_chunks_stop_replay_too(store: EventStore, data: str, message: str) -> None:
+    """Chunks take replay's fast path only when well formed; others get the strict decoder."""
+    sid = uuid.uuid4()
+    history = sample_process_history()
+    await store.append(sid, history[:2], expected_version=0)
+    async with store.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO events"
+            " (stream_id, stream_type, version, type, data, payload, recorded_at, hash)"
+            " VALUES ($1, 'process', 3, 'OutputChunk', $2::text::jsonb, 'x', now(), $3)",
+            sid,
+            data,
+            bytes(32),
+        )
+        with pytest.raises(ReplayError, match=f"event 3 of stream {sid}: .*{message}"):
+            await rebuild(conn)
