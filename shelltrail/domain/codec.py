@@ -39,17 +39,26 @@ def stream_type_of(event: DomainEvent) -> str:
 
 def encode(event: DomainEvent) -> tuple[str, dict[str, Any], bytes | None]:
     """Return ``(type, data, payload)`` for an event."""
+    cls = type(event)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
     payload: bytes | None = None
     data: dict[str, Any] = {}
-    for f in dataclasses.fields(event):
-        value = getattr(event, f.name)
-        if f.name == _PAYLOAD_FIELD and type(event) in _PAYLOAD_CLASSES:
+    carries_payload = cls in _PAYLOAD_CLASSES
+    for name in names:
+        value = getattr(event, name)
+        if carries_payload and name == _PAYLOAD_FIELD:
             if value is None:
-                raise ValueError(f"{type(event).__name__} without its bytes cannot be stored")
+                raise ValueError(f"{cls.__name__} without its bytes cannot be stored")
             payload = value
             continue
-        data[f.name] = _to_json(value)
-    return type(event).__name__, data, payload
+        data[name] = value if type(value) in _PLAIN else _to_json(value)
+    return cls.__name__, data, payload
+
+
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+_PLAIN: Final = frozenset({str, int, float, bool, type(None)})
 
 
 def decode(type_name: str, data: Any, payload: bytes | None) -> DomainEvent:

@@ -22,6 +22,7 @@ from shelltrail.domain import (
     evolve_command,
     evolve_process,
 )
+from shelltrail.domain.events import OutputChunk
 from shelltrail.domain.process import ChunkFacts, evolve_output, fold_process
 from shelltrail.eventstore.db import Connection
 
@@ -202,14 +203,10 @@ async def apply_inline(
         count_rows = []
         for sid in process_ids:
             old = states.get(sid)
-            new = fold_process(old, by_stream[sid])
+            history = by_stream[sid]
+            new = fold_process(old, history)
             new_states[sid] = new
-            if old is not None and new == dataclasses.replace(
-                old,
-                stdout_bytes=new.stdout_bytes,
-                stderr_bytes=new.stderr_bytes,
-                version=new.version,
-            ):
+            if old is not None and all(isinstance(r.event, OutputChunk) for r in history):
                 # Only output arrived: a narrow update, which PostgreSQL can do in place.
                 count_rows.append((sid, new.stdout_bytes, new.stderr_bytes, new.version))
             else:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
+
+import asyncpg
 
 from shelltrail.domain import DomainError, InvalidTransition, Recorded, decode
 from shelltrail.domain.codec import chunk_facts
@@ -25,12 +29,15 @@ _WELL_FORMED_CHUNK: Final = """(
                                   || '([.][0-9]{1,6})?[+-][0-9]{2}:[0-9]{2}$')
 )"""
 _REPLAY_QUERY: Final = f"""
-SELECT stream_id, stream_type, version, type, recorded_at,
-       CASE WHEN fast THEN NULL ELSE data END AS data,
+SELECT stream_id, version,
        CASE WHEN fast THEN data->>'stream' END AS chunk_stream,
        CASE WHEN fast THEN (data->>'offset')::bigint END AS chunk_offset,
-       CASE WHEN fast THEN (data->>'length')::bigint END AS chunk_length
-FROM (SELECT e.*, {_WELL_FORMED_CHUNK} AS fast FROM events e) AS e
+       CASE WHEN fast THEN (data->>'length')::bigint END AS chunk_length,
+       CASE WHEN fast THEN NULL ELSE stream_type END AS stream_type,
+       CASE WHEN fast THEN NULL ELSE type END AS type,
+       CASE WHEN fast THEN NULL ELSE data END AS data,
+       CASE WHEN fast THEN NULL ELSE recorded_at END AS recorded_at
+FROM (SELECT e.*, {_WELL_FORMED_CHUNK} AS fast FROM events e OFFSET 0) AS e
 ORDER BY position
 """
 _FETCH: Final = 10_000
@@ -55,6 +62,17 @@ class Difference:
         return f"{self.table} {self.key}: {self.what}"
 
 
+async def _rows_read_ahead(conn: Connection) -> AsyncIterator[asyncpg.Record]:
+    """The replay query's rows; the next page is being computed while this one is folded."""
+    cursor = await conn.cursor(_REPLAY_QUERY)
+    pending = asyncio.ensure_future(cursor.fetch(_FETCH))
+    while rows := await pending:
+        pending = asyncio.ensure_future(cursor.fetch(_FETCH))
+        await asyncio.sleep(0)  # send the request before folding this page
+        for row in rows:
+            yield row
+
+
 async def fold_log(conn: Connection) -> tuple[ProjectionBuilder, int]:
     """Fold every event into fresh projections. Call inside a transaction.
 
@@ -63,11 +81,11 @@ async def fold_log(conn: Connection) -> tuple[ProjectionBuilder, int]:
     """
     builder = ProjectionBuilder()
     count = 0
-    async for row in conn.cursor(_REPLAY_QUERY, prefetch=_FETCH):
+    add_chunk = builder.add_chunk
+    async for row in _rows_read_ahead(conn):
         try:
-            if row["chunk_stream"] is not None:
-                facts = (row["chunk_stream"], row["chunk_offset"], row["chunk_length"])
-                builder.add_chunk(row["stream_id"], row["version"], facts)
+            if row[2] is not None:  # a well-formed chunk, unpacked by the query
+                add_chunk(row[0], row[1], (row[2], row[3], row[4]))
             elif row["type"] == "OutputChunk" and row["stream_type"] == "process":
                 builder.add_chunk(row["stream_id"], row["version"], chunk_facts(row["data"]))
             else:
