@@ -160,8 +160,13 @@ def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
 
 _UPSERT_PROCESS: Final = _upsert_sql("processes", PROCESS_COLUMNS, ("id",))
 _UPSERT_COMMAND: Final = _upsert_sql("commands", COMMAND_COLUMNS, ("id",))
+# One statement for the whole batch: with many runs printing at once, most projection
+# writes are these.
 _UPDATE_COUNTS: Final = (
-    "UPDATE processes SET stdout_bytes = $2, stderr_bytes = $3, version = $4 WHERE id = $1"
+    "UPDATE processes AS p SET stdout_bytes = u.stdout_bytes, stderr_bytes = u.stderr_bytes, "
+    "version = u.version "
+    "FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[]) "
+    "AS u(id, stdout_bytes, stderr_bytes, version) WHERE p.id = u.id"
 )
 _INSERT_COMMAND_VERSION: Final = (
     f"INSERT INTO command_versions ({', '.join(COMMAND_VERSION_COLUMNS)}) "
@@ -214,7 +219,7 @@ async def apply_inline(
         if full_rows:
             await conn.executemany(_UPSERT_PROCESS, full_rows)
         if count_rows:
-            await conn.executemany(_UPDATE_COUNTS, count_rows)
+            await conn.execute(_UPDATE_COUNTS, *(list(column) for column in zip(*count_rows)))
     if command_ids:
         rows = await conn.fetch("SELECT * FROM commands WHERE id = ANY($1::uuid[])", command_ids)
         commands: dict[uuid.UUID, CommandState | None] = {
