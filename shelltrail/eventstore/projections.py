@@ -219,7 +219,8 @@ async def apply_inline(
         if full_rows:
             await conn.executemany(_UPSERT_PROCESS, full_rows)
         if count_rows:
-            await conn.execute(_UPDATE_COUNTS, *(list(column) for column in zip(*count_rows)))
+            columns = zip(*count_rows, strict=True)
+            await conn.execute(_UPDATE_COUNTS, *(list(column) for column in columns))
     if command_ids:
         rows = await conn.fetch("SELECT * FROM commands WHERE id = ANY($1::uuid[])", command_ids)
         commands: dict[uuid.UUID, CommandState | None] = {
