@@ -208,9 +208,11 @@ class ProcessActor(pykka.ThreadingActor):
     def _spawn(self) -> None:
         spec, config = self._spec, self._config
         workdir = self._rundir / "work"
-        workdir.mkdir(parents=True, exist_ok=False)
+        os.mkdir(self._rundir)
+        os.mkdir(workdir)
         script = self._rundir / "script.sh"
-        script.write_text(spec.script, encoding="utf-8")
+        with open(script, "w", encoding="utf-8") as f:
+            f.write(spec.script)
         env = {
             "PATH": config.path,
             "HOME": str(workdir),
@@ -454,7 +456,7 @@ class ProcessActor(pykka.ThreadingActor):
         self._done = True
         try:
             if not self._config.keep_workdirs:
-                shutil.rmtree(self._rundir, ignore_errors=True)
+                _remove_rundir(self._rundir)
         finally:
             self._on_finished(self._spec.process_id, self._last_append)
             if stop:
@@ -483,6 +485,16 @@ class ProcessActor(pykka.ThreadingActor):
         exc = future.exception()
         if exc is not None:
             self._log.error("appending the run's events failed", error=str(exc))
+
+
+def _remove_rundir(rundir: Path) -> None:
+    """Remove a run's directory: cheaply when the script left nothing behind."""
+    try:
+        os.rmdir(rundir / "work")
+        os.unlink(rundir / "script.sh")
+        os.rmdir(rundir)
+    except OSError:
+        shutil.rmtree(rundir, ignore_errors=True)
 
 
 def _now() -> datetime:

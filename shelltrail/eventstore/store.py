@@ -64,7 +64,9 @@ class EventStore:
         cls, dsn: str, *, node: str, limits: WriterLimits | None = None, pool_size: int = 10
     ) -> EventStore:
         limits = limits or WriterLimits()
-        pool = await create_pool(dsn, max_size=pool_size)
+        # No handler changes session state (no SET, LISTEN or advisory lock on a pooled
+        # connection): asyncpg's reset query on every release would be a wasted round trip.
+        pool = await create_pool(dsn, max_size=pool_size, reset=False)
         writer_pool = await create_pool(
             dsn, min_size=1, max_size=limits.concurrent_transactions, reset=False
         )
@@ -164,11 +166,29 @@ class EventStore:
 
     def subscribe(self, stream_id: uuid.UUID, *, after: int = 0) -> AsyncIterator[StoredEvent]:
         """Every event of a stream after ``after``: history first, then live; no gap, no repeat."""
+        return self._follow(stream_id, after)
+
+    def subscribe_with_idle(
+        self, stream_id: uuid.UUID, *, after: int = 0, idle: float
+    ) -> AsyncIterator[StoredEvent | None]:
+        """Like :meth:`subscribe`, with ``None`` after each ``idle`` seconds without events."""
 
         async def page(sid: uuid.UUID, last: int) -> list[StoredEvent]:
             return await self.read_stream(sid, after=last, limit=PAGE_SIZE)
 
-        return self.hub.follow(stream_id, after, page)
+        return self.hub.follow(stream_id, after, page, page_size=PAGE_SIZE, idle=idle)
+
+    async def _follow(self, stream_id: uuid.UUID, after: int) -> AsyncIterator[StoredEvent]:
+        async def page(sid: uuid.UUID, last: int) -> list[StoredEvent]:
+            return await self.read_stream(sid, after=last, limit=PAGE_SIZE)
+
+        events = self.hub.follow(stream_id, after, page, page_size=PAGE_SIZE)
+        try:
+            async for event in events:
+                if event is not None:
+                    yield event
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
 
     # --- other nodes --------------------------------------------------------------------
 

@@ -73,11 +73,16 @@ class SubscriptionHub:
         stream_id: uuid.UUID,
         after: int,
         read_page: Callable[[uuid.UUID, int], Awaitable[list[StoredEvent]]],
-    ) -> AsyncIterator[StoredEvent]:
+        *,
+        page_size: int,
+        idle: float | None = None,
+    ) -> AsyncIterator[StoredEvent | None]:
         """Every event of a stream after version ``after``: history, then live, forever.
 
-        ``read_page(stream_id, after)`` returns the next committed events in version order
-        (an empty list at the head). The caller stops by leaving the loop.
+        ``read_page(stream_id, after)`` returns the next committed events in version order,
+        at most ``page_size`` (fewer at the head). With ``idle``, ``None`` is yielded each
+        time that many seconds pass without an event (for keep-alives). The caller stops
+        by leaving the loop.
         """
         follower = _Follower()
         self._followers.setdefault(stream_id, set()).add(follower)
@@ -86,11 +91,22 @@ class SubscriptionHub:
             catch_up = True  # history first
             while True:
                 if catch_up:
-                    while page := await read_page(stream_id, last):
+                    while True:
+                        page = await read_page(stream_id, last)
                         for event in page:
                             yield event
                             last = event.version
-                item = await follower.queue.get()
+                        if len(page) < page_size:
+                            break
+                try:
+                    item = follower.queue.get_nowait()  # no timer while events flow
+                except asyncio.QueueEmpty:
+                    try:
+                        item = await asyncio.wait_for(follower.queue.get(), idle)
+                    except TimeoutError:
+                        catch_up = False
+                        yield None
+                        continue
                 # Read from the database on request, or on a gap (another node wrote).
                 catch_up = not isinstance(item, StoredEvent) or item.version > last + 1
                 if isinstance(item, StoredEvent) and item.version == last + 1:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import collections
 import json
-from collections.abc import AsyncIterator
+import uuid
 from datetime import datetime
 from typing import Any, Final
 
@@ -46,34 +46,21 @@ def event_item(event: StoredEvent) -> EventItem:
     )
 
 
-async def _with_keepalive(
-    events: AsyncIterator[StoredEvent], interval: float
-) -> AsyncIterator[StoredEvent | None]:
-    """The events, with ``None`` whenever ``interval`` passes without one."""
-    iterator = events.__aiter__()
-    pending: asyncio.Task[StoredEvent] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield None
-                continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
-                return
-            pending = None
-            yield event
-    finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await pending
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
+#: Each event's SSE message, encoded once however many followers send it.
+_MESSAGES: Final[collections.OrderedDict[tuple[uuid.UUID, int], bytes]] = collections.OrderedDict()
+_MESSAGES_KEPT: Final = 4096
+
+
+def sse_message(event: StoredEvent) -> bytes:
+    key = (event.stream_id, event.version)
+    message = _MESSAGES.get(key)
+    if message is None:
+        item = event_item(event).model_dump_json()
+        message = f"id: {event.version}\nevent: {event.type}\ndata: {item}\n\n".encode()
+        _MESSAGES[key] = message
+        if len(_MESSAGES) > _MESSAGES_KEPT:
+            _MESSAGES.popitem(last=False)
+    return message
 
 
 async def _open_sse(request: web.Request) -> web.StreamResponse:
@@ -111,14 +98,17 @@ async def events(request: web.Request) -> web.StreamResponse:
     response = await _open_sse(request)
     if state.is_terminal and after >= state.version:
         return response  # nothing left to send
-    async for event in _with_keepalive(store.subscribe(state.id, after=after), KEEPALIVE_SECONDS):
-        if event is None:
-            await response.write(b": keep-alive\n\n")
-            continue
-        item = event_item(event).model_dump_json()
-        await response.write(f"id: {event.version}\nevent: {event.type}\ndata: {item}\n\n".encode())
-        if event.type in TERMINAL_TYPES:
-            break
+    events = store.subscribe_with_idle(state.id, after=after, idle=KEEPALIVE_SECONDS)
+    try:
+        async for event in events:
+            if event is None:
+                await response.write(b": keep-alive\n\n")
+                continue
+            await response.write(sse_message(event))
+            if event.type in TERMINAL_TYPES:
+                break
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
     return response
 
 
