@@ -19,12 +19,21 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import append_chunks, append_small, ingest, replay, runs
+from bench import (
+    append_chunks,
+    append_small,
+    http_follow,
+    http_reads,
+    http_runs,
+    ingest,
+    replay,
+    runs,
+)
 from bench.db import URL_VARIABLE, Server, bench_server
 from bench.report import Result
 from shelltrail.logs import configure_logging
 
-Benchmark = Callable[[Server, argparse.Namespace], Awaitable[Result]]
+Benchmark = Callable[[Server, argparse.Namespace], Awaitable[Result | list[Result]]]
 
 BENCHMARKS: dict[str, Benchmark] = {
     "append-small": lambda server, args: append_small.run(
@@ -39,6 +48,13 @@ BENCHMARKS: dict[str, Benchmark] = {
     "replay": lambda server, args: replay.run(server, repeat=args.repeat or 3, events=args.events),
     "runs": lambda server, args: runs.run(server, repeat=args.repeat or 3, runs=args.runs),
     "ingest": lambda server, args: ingest.run(server, repeat=args.repeat or 3, mib=args.ingest_mib),
+    "http-runs": lambda server, args: http_runs.run(
+        server, repeat=args.repeat or 5, runs=args.runs
+    ),
+    "http-reads": lambda server, args: http_reads.run(
+        server, repeat=args.repeat or 3, output_mib=args.http_output_mib
+    ),
+    "http-follow": lambda server, args: http_follow.run(server, repeat=args.repeat or 3),
 }
 
 
@@ -75,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1000, help="runs: runs per measurement")
     parser.add_argument(
         "--ingest-mib", type=int, default=256, help="ingest: MiB printed by the one run"
+    )
+    parser.add_argument(
+        "--http-output-mib",
+        type=int,
+        default=1024,
+        help="http-reads: MiB of output of the big run",
     )
     return parser.parse_args(argv)
 
@@ -126,10 +148,11 @@ async def main(args: argparse.Namespace) -> int:
                 print(f"{name}: could not run", flush=True)
                 traceback.print_exc()
                 continue
-            print(result.line(), flush=True)
+            for one in result if isinstance(result, list) else [result]:
+                print(one.line(), flush=True)
+                print(one.detail(), flush=True)
             print(
-                result.detail(),
-                f"({time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f})",
+                f"  ({time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
     return 1 if failed else 0
