@@ -102,6 +102,16 @@ async def list_command_versions(
     return [command_version_from_row(r) for r in rows]
 
 
+async def get_current_version(db: Executor, command_id: uuid.UUID) -> CommandVersion | None:
+    """The current version of a command that is not deleted, in one query."""
+    row = await db.fetchrow(
+        "SELECT v.* FROM commands c JOIN command_versions v "
+        "ON v.command_id = c.id AND v.version = c.version WHERE c.id = $1 AND NOT c.deleted",
+        command_id,
+    )
+    return command_version_from_row(row) if row is not None else None
+
+
 async def get_command_version(
     db: Executor, command_id: uuid.UUID, version: int
 ) -> CommandVersion | None:

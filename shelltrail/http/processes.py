@@ -17,8 +17,7 @@ from shelltrail.eventstore import ConcurrencyError, StoredEvent
 from shelltrail.eventstore.audit import verify_stream
 from shelltrail.eventstore.queries import (
     find_process_by_idempotency_key,
-    get_command,
-    get_command_version,
+    get_current_version,
     get_process,
     list_processes,
 )
@@ -84,11 +83,9 @@ async def start(request: web.Request) -> web.Response:
         if earlier is not None:
             return json_response(process_out(earlier), status=200)
     body = await read_body(request, ProcessIn)
-    command = await get_command(store.pool, body.command_id)
-    if command is None or command.deleted:
+    version = await get_current_version(store.pool, body.command_id)
+    if version is None:
         raise not_found(f"command {body.command_id}")
-    version = await get_command_version(store.pool, command.id, command.current.version)
-    assert version is not None
     try:
         stored = await request.app[SUPERVISOR].start_run(
             version,
@@ -108,8 +105,8 @@ async def start(request: web.Request) -> web.Response:
             if earlier is not None:
                 return json_response(process_out(earlier), status=200)
         raise
-    state = await get_process(store.pool, stored[0].stream_id)
-    assert state is not None
+    # The process as its Queued event made it; later events may already be stored.
+    state = project_process([event.recorded() for event in stored])
     return json_response(
         process_out(state), status=201, headers={"Location": f"{PREFIX}/{state.id}"}
     )
