@@ -88,15 +88,43 @@ def _chunk_from_text(stream: str, offset: str, length: str, captured_at: str) ->
     return chunk_facts(data)
 
 
-async def _rows_read_ahead(conn: Connection) -> AsyncIterator[asyncpg.Record]:
-    """The replay query's rows; the next page is being computed while this one is folded."""
+def _fold_page(builder: ProjectionBuilder, page: list[asyncpg.Record]) -> None:
+    """Fold one page of rows; the loop is this module's hot path, kept free of await."""
+    add_chunk = builder.add_chunk
+    row = None
+    try:
+        for row in page:
+            if row[2] is not None:  # a chunk of the right shape, unpacked by the query
+                add_chunk(row[0], row[1], _chunk_from_text(row[2], row[3], row[4], row[5]))
+            elif row["type"] == "OutputChunk" and row["stream_type"] == "process":
+                add_chunk(row["stream_id"], row["version"], chunk_facts(row["data"]))
+            else:
+                recorded = Recorded(
+                    stream_id=row["stream_id"],
+                    version=row["version"],
+                    recorded_at=row["recorded_at"],
+                    event=decode(row["type"], row["data"], None),
+                )
+                builder.add(row["stream_type"], recorded)
+    except InvalidTransition as exc:
+        assert row is not None
+        # A run of chunks is folded later: the error knows which event it was.
+        version = exc.version if exc.version is not None else row["version"]
+        stream_id = exc.stream_id if exc.stream_id is not None else row["stream_id"]
+        raise ReplayError(stream_id, version, str(exc)) from None
+    except DomainError as exc:
+        assert row is not None
+        raise ReplayError(row["stream_id"], row["version"], str(exc)) from None
+
+
+async def _pages_read_ahead(conn: Connection) -> AsyncIterator[list[asyncpg.Record]]:
+    """The replay query's rows by page; the next page is computed while this one is folded."""
     cursor = await conn.cursor(_REPLAY_QUERY)
     pending = asyncio.ensure_future(cursor.fetch(_FETCH))
     while rows := await pending:
         pending = asyncio.ensure_future(cursor.fetch(_FETCH))
         await asyncio.sleep(0)  # send the request before folding this page
-        for row in rows:
-            yield row
+        yield rows
 
 
 async def fold_log(conn: Connection) -> tuple[ProjectionBuilder, int]:
@@ -107,29 +135,9 @@ async def fold_log(conn: Connection) -> tuple[ProjectionBuilder, int]:
     """
     builder = ProjectionBuilder()
     count = 0
-    add_chunk = builder.add_chunk
-    async for row in _rows_read_ahead(conn):
-        try:
-            if row[2] is not None:  # a chunk of the right shape, unpacked by the query
-                add_chunk(row[0], row[1], _chunk_from_text(row[2], row[3], row[4], row[5]))
-            elif row["type"] == "OutputChunk" and row["stream_type"] == "process":
-                builder.add_chunk(row["stream_id"], row["version"], chunk_facts(row["data"]))
-            else:
-                recorded = Recorded(
-                    stream_id=row["stream_id"],
-                    version=row["version"],
-                    recorded_at=row["recorded_at"],
-                    event=decode(row["type"], row["data"], None),
-                )
-                builder.add(row["stream_type"], recorded)
-        except InvalidTransition as exc:
-            # A run of chunks is folded later: the error knows which event it was.
-            version = exc.version if exc.version is not None else row["version"]
-            stream_id = exc.stream_id if exc.stream_id is not None else row["stream_id"]
-            raise ReplayError(stream_id, version, str(exc)) from None
-        except DomainError as exc:
-            raise ReplayError(row["stream_id"], row["version"], str(exc)) from None
-        count += 1
+    async for page in _pages_read_ahead(conn):
+        _fold_page(builder, page)
+        count += len(page)
     try:
         builder.finish()
     except InvalidTransition as exc:
