@@ -13,8 +13,12 @@ from typing import Final
 
 import asyncpg
 
-from shelltrail.domain import CommandVersion, ProcessState
-from shelltrail.eventstore.projections import command_version_from_row, process_from_row
+from shelltrail.domain import CommandState, CommandVersion, ProcessState
+from shelltrail.eventstore.projections import (
+    command_from_row,
+    command_version_from_row,
+    process_from_row,
+)
 
 Executor = asyncpg.Pool
 
@@ -27,52 +31,16 @@ class Keyset:
     id: uuid.UUID
 
 
-@dataclass(frozen=True, slots=True)
-class CommandRow:
-    id: uuid.UUID
-    current: CommandVersion
-    created_at: datetime
-    updated_at: datetime
-    stream_version: int
-    deleted: bool
+_COMMAND_SELECT: Final = "SELECT * FROM commands"
 
 
-_COMMAND_SELECT: Final = (
-    "SELECT id, name, description, script, version, timeout_seconds, env, max_output_bytes, "
-    "output_limit_policy, created_at, updated_at, stream_version, deleted FROM commands"
-)
-
-
-def _command(row: asyncpg.Record) -> CommandRow:
-    current = CommandVersion(
-        command_id=row["id"],
-        version=row["version"],
-        name=row["name"],
-        script=row["script"],
-        description=row["description"],
-        timeout_seconds=row["timeout_seconds"],
-        env=row["env"],
-        max_output_bytes=row["max_output_bytes"],
-        output_limit_policy=row["output_limit_policy"],
-        created_at=row["updated_at"],
-    )
-    return CommandRow(
-        id=row["id"],
-        current=current,
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        stream_version=row["stream_version"],
-        deleted=row["deleted"],
-    )
-
-
-async def get_command(db: Executor, command_id: uuid.UUID) -> CommandRow | None:
+async def get_command(db: Executor, command_id: uuid.UUID) -> CommandState | None:
     """The command, deleted or not (``deleted`` tells)."""
     row = await db.fetchrow(f"{_COMMAND_SELECT} WHERE id = $1", command_id)
-    return _command(row) if row is not None else None
+    return command_from_row(row) if row is not None else None
 
 
-async def list_commands(db: Executor, *, limit: int, after: Keyset | None) -> list[CommandRow]:
+async def list_commands(db: Executor, *, limit: int, after: Keyset | None) -> list[CommandState]:
     if after is None:
         rows = await db.fetch(
             f"{_COMMAND_SELECT} WHERE NOT deleted ORDER BY created_at DESC, id DESC LIMIT $1",
@@ -86,7 +54,7 @@ async def list_commands(db: Executor, *, limit: int, after: Keyset | None) -> li
             after.created_at,
             after.id,
         )
-    return [_command(r) for r in rows]
+    return [command_from_row(r) for r in rows]
 
 
 async def list_command_versions(

@@ -6,10 +6,15 @@ import uuid
 
 from aiohttp import web
 
-from shelltrail.domain import CommandCreated, CommandDeleted, CommandUpdated, CommandVersion
+from shelltrail.domain import (
+    CommandCreated,
+    CommandDeleted,
+    CommandState,
+    CommandUpdated,
+    CommandVersion,
+)
 from shelltrail.eventstore import ConcurrencyError
 from shelltrail.eventstore.queries import (
-    CommandRow,
     get_command,
     list_command_versions,
     list_commands,
@@ -24,7 +29,7 @@ from shelltrail.http.routes import Response, Route
 PREFIX = "/api/v1/commands"
 
 
-def command_out(row: CommandRow) -> Command:
+def command_out(row: CommandState) -> Command:
     c = row.current
     return Command(
         id=row.id,
@@ -53,7 +58,7 @@ def version_out(v: CommandVersion) -> CommandVersionOut:
     )
 
 
-async def live_command(request: web.Request) -> CommandRow:
+async def live_command(request: web.Request) -> CommandState:
     row = await get_command(request.app[STORE].pool, path_id(request, "command"))
     if row is None or row.deleted:
         raise not_found("this command")
@@ -64,16 +69,7 @@ async def create_command(request: web.Request) -> web.Response:
     body = await read_body(request, CommandIn)
     store = request.app[STORE]
     command_id = uuid.uuid4()
-    event = CommandCreated(
-        name=body.name,
-        script=body.script,
-        description=body.description,
-        timeout_seconds=body.timeout_seconds,
-        env=body.env,
-        max_output_bytes=body.max_output_bytes,
-        output_limit_policy=body.output_limit_policy,
-        requested_by=principal_name(request),
-    )
+    event = CommandCreated(**body.model_dump(), requested_by=principal_name(request))
     await store.append(command_id, [event], expected_version=0)
     row = await get_command(store.pool, command_id)
     assert row is not None
@@ -100,16 +96,7 @@ async def replace(request: web.Request) -> web.Response:
     row = await live_command(request)
     body = await read_body(request, CommandIn)
     store = request.app[STORE]
-    event = CommandUpdated(
-        name=body.name,
-        script=body.script,
-        description=body.description,
-        timeout_seconds=body.timeout_seconds,
-        env=body.env,
-        max_output_bytes=body.max_output_bytes,
-        output_limit_policy=body.output_limit_policy,
-        requested_by=principal_name(request),
-    )
+    event = CommandUpdated(**body.model_dump(), requested_by=principal_name(request))
     try:
         await store.append(row.id, [event], expected_version=row.stream_version)
     except ConcurrencyError:
