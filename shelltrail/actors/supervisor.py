@@ -121,6 +121,9 @@ class ProcessSupervisor:
         self._closing = False
         self._reaper_task: asyncio.Task[None] | None = None
         self._launcher = concurrent.futures.ThreadPoolExecutor(1, "actor-launcher")
+        #: Counters for /metrics.
+        self.runs_accepted = 0
+        self.runs_ended = 0
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -192,6 +195,7 @@ class ProcessSupervisor:
         )
         self._queue[process_id] = spec
         self._ended[process_id] = asyncio.get_running_loop().create_future()
+        self.runs_accepted += 1
         self._start_waiting()
         return stored
 
@@ -270,6 +274,7 @@ class ProcessSupervisor:
         self._start_waiting()
 
     def _mark_ended(self, process_id: uuid.UUID) -> None:
+        self.runs_ended += 1
         ended = self._ended.pop(process_id, None)
         if ended is not None and not ended.done():
             ended.set_result(None)

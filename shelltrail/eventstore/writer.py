@@ -17,6 +17,7 @@ import collections
 import concurrent.futures
 import contextlib
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -122,8 +123,11 @@ class EventWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        # Plain counters for /metrics; the loop thread alone updates them.
         self.batches_committed = 0
         self.events_committed = 0
+        self.payload_bytes_committed = 0
+        self.commit_seconds_total = 0.0
 
     def start(self) -> None:
         """Call on the event loop."""
@@ -222,6 +226,15 @@ class EventWriter:
             self._queue.append(pending)
         self._schedule_wake()
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes submitted from threads and not yet written (the back-pressure gauge)."""
+        return self._pending_bytes
+
+    @property
+    def queued_appends(self) -> int:
+        return len(self._queue)
+
     def _schedule_wake(self) -> None:
         with self._lock:
             if self._wake_scheduled or self._loop is None:
@@ -294,8 +307,10 @@ class EventWriter:
     async def _write(self, batch: list[_Pending]) -> None:
         delay = 0.05
         while True:
+            started = time.perf_counter()
             try:
                 outcomes = await self._commit(batch)
+                self.commit_seconds_total += time.perf_counter() - started
             except _TRANSIENT as exc:
                 self._on_health(False)
                 log.warning("append failed, retrying", error=str(exc), retry_in=delay)
@@ -451,6 +466,7 @@ class EventWriter:
             if not isinstance(outcome, BaseException):
                 published.extend(outcome)
                 self.events_committed += len(outcome)
+                self.payload_bytes_committed += sum(len(e.payload or b"") for e in outcome)
             pending.resolve(outcome)
         self.batches_committed += 1
         if published:

@@ -16,8 +16,16 @@ from shelltrail.actors import ProcessSupervisor
 from shelltrail.eventstore import EventStore
 from shelltrail.eventstore.migrate import pending_migrations
 from shelltrail.http import commands, processes, streams
-from shelltrail.http.auth import Principal, TokenRegistry
-from shelltrail.http.context import PRINCIPAL, STORE, SUPERVISOR, TOKENS, json_response
+from shelltrail.http.auth import Principal, Role, TokenRegistry
+from shelltrail.http.context import (
+    METRICS,
+    PRINCIPAL,
+    STORE,
+    SUPERVISOR,
+    TOKENS,
+    json_response,
+)
+from shelltrail.http.metrics import Metrics
 from shelltrail.http.models import Health
 from shelltrail.http.openapi import build_openapi
 from shelltrail.http.problems import HTTPProblem, problem_response
@@ -74,6 +82,29 @@ OPS_ROUTES = [
         },
     ),
 ]
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    return await request.app[METRICS].handle(request)
+
+
+OPS_ROUTES.append(
+    Route(
+        "GET",
+        "/metrics",
+        metrics,
+        "Metrics in Prometheus text format",
+        "operations",
+        Role.VIEWER,
+        responses={
+            200: Response(
+                "Counters, gauges and histograms.",
+                media={"text/plain": {"schema": {"type": "string"}}},
+            )
+        },
+    )
+)
 API_ROUTES = [*commands.ROUTES, *processes.ROUTES, *streams.ROUTES]
 
 
@@ -98,6 +129,7 @@ def create_app(
     app[STORE] = store
     app[SUPERVISOR] = supervisor
     app[TOKENS] = tokens
+    app[METRICS] = Metrics(store, supervisor)
     routes = [*OPS_ROUTES, *API_ROUTES]
     for route in routes:
         app.router.add_route(route.method, route.path, _guarded(route))
@@ -209,11 +241,13 @@ async def _request_log(request: web.Request, handler: Handler) -> web.StreamResp
         status = exc.status
         raise
     finally:
+        duration = time.perf_counter() - started
+        request.app[METRICS].observe(request, status, duration)
         log.info(
             "request",
             method=request.method,
             path=request.path,
             status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round(duration * 1000, 2),
             request_id=request_id,
         )

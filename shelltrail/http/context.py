@@ -12,11 +12,13 @@ from pydantic import BaseModel
 from shelltrail.actors import ProcessSupervisor
 from shelltrail.eventstore import EventStore
 from shelltrail.http.auth import Principal, TokenRegistry
+from shelltrail.http.metrics import Metrics
 from shelltrail.http.problems import not_found
 
 STORE: Final = web.AppKey("store", EventStore)
 SUPERVISOR: Final = web.AppKey("supervisor", ProcessSupervisor)
 TOKENS: Final = web.AppKey("tokens", TokenRegistry)
+METRICS: Final = web.AppKey("metrics", Metrics)
 PRINCIPAL: Final = web.RequestKey("principal", Principal)
 
 

@@ -455,3 +455,31 @@ async def test_a_command_can_cap_its_output_and_kill_at_the_cap(api: Client) -> 
         "output_limit",
         50_000,
     )
+
+
+async def test_metrics_move_when_runs_happen(api: Client) -> None:
+    """Runs, events and requests show up in /metrics (Prometheus text)."""
+
+    async def scrape() -> dict[str, float]:
+        response = await api.get("/metrics", headers=auth("viewer"))
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        values: dict[str, float] = {}
+        for line in (await response.text()).splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    before = await scrape()
+    command = await create_command(api, "echo metrics")
+    process = await start(api, command["id"])
+    await wait_done(api, process["id"])
+    after = await scrape()
+    assert after["shelltrail_runs_started_total"] == before["shelltrail_runs_started_total"] + 1
+    assert after["shelltrail_runs_finished_total"] >= before["shelltrail_runs_finished_total"] + 1
+    assert after["shelltrail_events_appended_total"] > before["shelltrail_events_appended_total"]
+    assert after["shelltrail_output_bytes_total"] >= before["shelltrail_output_bytes_total"] + 8
+    assert after['shelltrail_processes{status="succeeded"}'] == 1
+    created = 'shelltrail_http_requests_total{method="POST",route="/api/v1/processes",status="201"}'
+    assert after[created] == 1
