@@ -25,22 +25,14 @@ import asyncpg
 
 from shelltrail.bootstrap import migrate_database, with_database
 from shelltrail.eventstore.embedded import EmbeddedPostgres
+from shelltrail.eventstore.writer import INSERT_COLUMNS
 
 URL_VARIABLE: Final = "SHELLTRAIL_BENCH_DATABASE_URL"
 
 #: The baseline table: the columns, defaults, identity, constraints and indexes of
 #: ``events``, but none of its triggers and no projections beside it.
 RAW_TABLE: Final = "raw_events"
-RAW_COLUMNS: Final = [
-    "stream_id",
-    "stream_type",
-    "version",
-    "type",
-    "data",
-    "payload",
-    "recorded_at",
-    "hash",
-]
+RAW_COLUMNS: Final = INSERT_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,8 @@ log = structlog.get_logger(__name__)
 
 NOTIFY_CHANNEL: Final = "shelltrail_events"
 _NOTIFY_LIMIT: Final = 7900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
-_EVENT_COLUMNS: Final = [
+#: The columns the writer fills (the rest are defaults: position, tx_id).
+INSERT_COLUMNS: Final = [
     "stream_id",
     "stream_type",
     "version",
@@ -409,7 +410,7 @@ class EventWriter:
                 outcomes.append(stored)
             states: dict[uuid.UUID, ProcessState] = {}
             if records:
-                await conn.copy_records_to_table("events", records=records, columns=_EVENT_COLUMNS)
+                await conn.copy_records_to_table("events", records=records, columns=INSERT_COLUMNS)
                 states = await apply_inline(
                     conn, recorded, {s: self._states[s] for s in streams if s in self._states}
                 )
