@@ -511,3 +511,34 @@ async def test_no_zombie_is_left_behind(runs: Runs) -> None:
             break
         await asyncio.sleep(0.05)
     assert await asyncio.to_thread(_zombie_children) == []
+
+
+async def test_a_flooding_script_is_held_back_by_the_writer(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Back-pressure: what waits for the writer stays under its bound, and nothing is lost."""
+    from shelltrail.eventstore import WriterLimits
+
+    limit = 256 * 1024
+    store = await EventStore.open(
+        database_url, node=TEST_NODE, limits=WriterLimits(max_pending_bytes=limit)
+    )
+    supervisor = ProcessSupervisor(
+        store, RunnerConfig(node=TEST_NODE, runs_dir=tmp_path / "runs"), SupervisorLimits()
+    )
+    await supervisor.start()
+    try:
+        runs = Runs(store, supervisor)
+        pid = await runs.start("head -c 30000000 /dev/zero")
+        peak = 0
+        ended = asyncio.ensure_future(supervisor.wait_finished(pid))
+        while not ended.done():
+            peak = max(peak, store.writer.pending_bytes)
+            await asyncio.sleep(0.001)
+        events = await runs.wait(pid)
+        assert len(output(events)) == 30_000_000
+        # One append may be admitted into an empty queue whatever its size: a chunk of 64 KiB.
+        assert 0 < peak <= limit + 65536
+    finally:
+        await supervisor.shutdown()
+        await store.close()
