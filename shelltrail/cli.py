@@ -9,6 +9,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from shelltrail import __version__, bootstrap
+from shelltrail.cli_client import (
+    Verb,
+    add_client_verbs,
+    audit_process,
+    replay_output,
+    run_client_verb,
+)
+from shelltrail.client import ApiClient
 from shelltrail.config import ConfigError, Settings
 from shelltrail.eventstore import DatabaseUnavailable
 from shelltrail.eventstore.audit import verify_all
@@ -20,6 +28,12 @@ from shelltrail.logs import configure_logging
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    client_verb = _client_verb(args)
+    if client_verb is not None:
+        try:
+            return asyncio.run(run_client_verb(client_verb, args))
+        except KeyboardInterrupt:
+            return 130
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -50,7 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     migrate = verbs.add_parser("migrate", help="apply pending database migrations")
     migrate.set_defaults(action=_migrate)
 
-    replay = verbs.add_parser("replay", help="rebuild the projection tables from the event log")
+    replay = verbs.add_parser(
+        "replay",
+        help="rebuild the projection tables from the event log; with a process id, print "
+        "that run's output again with its original pacing (from a server)",
+    )
+    replay.add_argument("process", nargs="?", help="a process id: replay its output")
+    replay.add_argument("--speed", type=float, default=1.0, help="with a process: 0 = no delays")
     replay.add_argument(
         "--check",
         action="store_true",
@@ -58,11 +78,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.set_defaults(action=_replay)
 
-    audit = verbs.add_parser("audit", help="check the integrity of the event log")
-    audit_verbs = audit.add_subparsers(dest="audit_verb", required=True, metavar="VERB")
-    verify = audit_verbs.add_parser("verify", help="recompute every stream's hash chain")
-    verify.set_defaults(action=_audit_verify)
+    audit = verbs.add_parser(
+        "audit",
+        help="`audit verify`: recompute every stream's hash chain in the database; "
+        "`audit PROCESS`: ask a server to verify one run",
+    )
+    audit.add_argument("target", metavar="verify|PROCESS")
+    audit.set_defaults(action=_audit_verify)
+    add_client_verbs(verbs)
     return parser
+
+
+def _client_verb(args: argparse.Namespace) -> Verb | None:
+    """The client verb to run, if this command line is one (it talks to a server)."""
+    verb: Verb | None = getattr(args, "client", None)
+    if verb is not None:
+        return verb
+    if args.verb == "replay" and args.process is not None:
+        process, speed = args.process, args.speed
+
+        async def replay(api: ApiClient, _args: argparse.Namespace) -> int:
+            return await replay_output(api, process, speed)
+
+        return replay
+    if args.verb == "audit" and args.target != "verify":
+        target = args.target
+
+        async def audit(api: ApiClient, _args: argparse.Namespace) -> int:
+            return await audit_process(api, target)
+
+        return audit
+    return None
 
 
 async def _serve(settings: Settings, _args: argparse.Namespace) -> int:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +50,39 @@ async def api(
 ) -> TestClient[Any, Any]:
     app = create_app(store, supervisor, TokenRegistry.parse(TOKEN_SETTING))
     return await aiohttp_client(app)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live_server(database_url_sync: str, tmp_path: Path) -> Iterator[str]:
+    """A real `shelltrail serve` subprocess on a fresh database; yields its base URL."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHELLTRAIL_")}
+    env.update(
+        SHELLTRAIL_DATABASE_URL=database_url_sync,
+        SHELLTRAIL_PORT=str(port),
+        SHELLTRAIL_DATA_DIR=str(tmp_path / "server"),
+        SHELLTRAIL_TOKENS=TOKEN_SETTING,
+        SHELLTRAIL_LOG_LEVEL="warning",
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "shelltrail", "serve"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, "the server exited"
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

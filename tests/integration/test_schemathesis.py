@@ -8,55 +8,19 @@ sets the examples per operation (a long run outside CI, a short one inside).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import Case
 
-from tests.integration.conftest import TOKEN_SETTING, TOKENS
-from tests.integration.test_cli import free_port
+from tests.integration.conftest import TOKENS
 
 EXAMPLES = int(os.environ.get("SHELLTRAIL_FUZZ_EXAMPLES", "12"))
 
 
-@pytest.fixture
-def server(database_url_sync: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHELLTRAIL_")}
-    env.update(
-        SHELLTRAIL_DATABASE_URL=database_url_sync,
-        SHELLTRAIL_PORT=str(port),
-        SHELLTRAIL_DATA_DIR=str(tmp_path),
-        SHELLTRAIL_TOKENS=TOKEN_SETTING,
-        SHELLTRAIL_LOG_LEVEL="warning",
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "shelltrail", "serve"], env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, "the server exited"
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
-
-
-def test_every_operation_conforms_to_the_document(server: str) -> None:
+def test_every_operation_conforms_to_the_document(live_server: str) -> None:
+    server = live_server
     schema = schemathesis.openapi.from_url(f"{server}/api/v1/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     assert len(operations) >= 12
