@@ -253,6 +253,8 @@ async def _run(api: ApiClient, args: argparse.Namespace) -> int:
     if args.timeout is not None:
         body["timeout_seconds"] = args.timeout
     process = await api.call("POST", "/api/v1/processes", body=body)
+    if process["status"] == "queued" and not args.detach and sys.stderr.isatty():
+        print("shelltrail: queued, waiting for a free slot…", file=sys.stderr, flush=True)
     if args.detach:
         print(json.dumps(process, indent=2) if args.json else process["id"])
         return 0

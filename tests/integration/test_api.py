@@ -483,3 +483,44 @@ async def test_metrics_move_when_runs_happen(api: Client) -> None:
     assert after['shelltrail_processes{status="succeeded"}'] == 1
     created = 'shelltrail_http_requests_total{method="POST",route="/api/v1/processes",status="201"}'
     assert after[created] == 1
+
+
+async def test_each_request_logs_one_line_with_its_request_id(
+    api: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request log line carries method, path, status, duration and the request id."""
+    caplog.set_level("INFO", logger="shelltrail.http")
+    response = await api.get("/healthz", headers={"X-Request-ID": "trace-me-42"})
+    assert response.headers["X-Request-ID"] == "trace-me-42"
+    lines = [r.msg for r in caplog.records if r.name == "shelltrail.http"]
+    logged = [m for m in lines if isinstance(m, dict) and m.get("request_id") == "trace-me-42"]
+    assert len(logged) == 1
+    assert {"method": "GET", "path": "/healthz", "status": 200}.items() <= logged[0].items()
+    assert logged[0]["duration_ms"] >= 0
+
+
+async def test_readyz_follows_the_database(api: Client, store: EventStore, server_url: str) -> None:
+    """503 while the database refuses connections, 200 again when it is back."""
+    import asyncpg
+
+    assert (await api.get("/readyz")).status == 200
+    name = await store.pool.fetchval("SELECT current_database()")
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        down = await api.get("/readyz")
+        assert down.status == 503
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        for _ in range(100):
+            if (await api.get("/readyz")).status == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert (await api.get("/readyz")).status == 200
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
