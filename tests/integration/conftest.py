@@ -20,6 +20,7 @@ from shelltrail.eventstore import EventStore
 from shelltrail.http.app import create_app
 from shelltrail.http.auth import TokenRegistry
 from tests.conftest import TEST_NODE
+from tests.integration.runs import Runs
 
 TOKENS = {
     "admin": "admin-secret-0123456789",
@@ -86,3 +87,12 @@ def live_server(database_url_sync: str, tmp_path: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+
+
+@pytest.fixture
+async def runs(store: EventStore, tmp_path: Path) -> AsyncIterator[Runs]:
+    config = RunnerConfig(node=TEST_NODE, runs_dir=tmp_path / "runs", stop_grace_seconds=1.0)
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits(max_running=64, max_queued=1000))
+    await supervisor.start()
+    yield Runs(store, supervisor)
+    await supervisor.shutdown(grace_seconds=1)
