@@ -37,24 +37,10 @@ def _decode_jsonb(raw: bytes) -> Any:
     return json.loads(raw[1:])
 
 
-async def create_pool(
-    dsn: str, *, min_size: int = 2, max_size: int = 10, reset: bool = True
-) -> asyncpg.Pool:
-    """A pool of connections set up by :func:`init_connection`.
-
-    ``reset=False`` skips the clean-up query asyncpg runs on every release: for a pool
-    whose users never change session state (the event writer), it is a wasted round trip.
-    """
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """A pool of connections set up by :func:`init_connection`."""
     pool = await asyncpg.create_pool(
-        dsn,
-        min_size=min_size,
-        max_size=max_size,
-        init=init_connection,
-        reset=None if reset else _keep_session,
+        dsn, min_size=min_size, max_size=max_size, init=init_connection
     )
     assert pool is not None
     return pool
-
-
-async def _keep_session(_conn: asyncpg.Connection) -> None:
-    return None

@@ -64,12 +64,11 @@ class EventStore:
         cls, dsn: str, *, node: str, limits: WriterLimits | None = None, pool_size: int = 10
     ) -> EventStore:
         limits = limits or WriterLimits()
-        # No handler changes session state (no SET, LISTEN or advisory lock on a pooled
-        # connection): asyncpg's reset query on every release would be a wasted round trip.
-        pool = await create_pool(dsn, max_size=pool_size, reset=False)
-        writer_pool = await create_pool(
-            dsn, min_size=1, max_size=limits.concurrent_transactions, reset=False
-        )
+        # asyncpg's reset on release costs a round trip, but it is also what finds a
+        # connection left broken by a dropped server or a cancelled query, and drops it
+        # instead of handing it to the next user: keep it.
+        pool = await create_pool(dsn, max_size=pool_size)
+        writer_pool = await create_pool(dsn, min_size=1, max_size=limits.concurrent_transactions)
         store = cls(pool, writer_pool=writer_pool, dsn=dsn, node=node, limits=limits)
         store._writer.start()
         await store._listen()

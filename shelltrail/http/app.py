@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -50,9 +51,9 @@ async def readyz(request: web.Request) -> web.Response:
     """200 when the database answers and every migration is applied, else 503."""
     store = request.app[STORE]
     try:
-        async with store.pool.acquire(timeout=2) as conn:
+        async with asyncio.timeout(3), store.pool.acquire() as conn:
             pending = await pending_migrations(conn)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except Exception:  # noqa: BLE001 -- whatever stops the query, the server is not ready
         return json_response(Health(status="database unreachable"), status=503)
     if pending:
         return json_response(Health(status="migrations pending"), status=503)
