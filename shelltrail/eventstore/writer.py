@@ -65,6 +65,9 @@ _TRANSIENT: Final = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    # A connection cut in the middle of an operation can leave asyncpg's protocol in a
+    # state it reports this way; the pool drops that connection, and a retry gets another.
+    asyncpg.InternalClientError,
 )
 
 Resolve = Callable[[list[StoredEvent] | BaseException], None]
@@ -80,6 +83,16 @@ class _Pending:
     from_thread: bool
     resolve: Resolve
     encoded: list[tuple[str, dict[str, Any], bytes | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """A batch made ready to write: kept across retries so that they write the same rows."""
+
+    heads: dict[uuid.UUID, tuple[int, bytes]]
+    outcomes: list[list[StoredEvent] | BaseException]
+    records: list[tuple[Any, ...]]
+    recorded: list[tuple[str, Recorded]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,10 +320,11 @@ class EventWriter:
 
     async def _write(self, batch: list[_Pending]) -> None:
         delay = 0.05
+        attempts: list[_Attempt] = []
         while True:
             started = time.perf_counter()
             try:
-                outcomes = await self._commit(batch)
+                outcomes = await self._commit(batch, attempts)
                 self.commit_seconds_total += time.perf_counter() - started
             except _TRANSIENT as exc:
                 self._on_health(False)
@@ -339,91 +353,127 @@ class EventWriter:
             break
         self._finish(batch, outcomes)
 
-    async def _commit(self, batch: list[_Pending]) -> list[list[StoredEvent] | BaseException]:
+    async def _commit(
+        self, batch: list[_Pending], attempts: list[_Attempt]
+    ) -> list[list[StoredEvent] | BaseException]:
+        """Write a batch in one transaction; ``attempts`` remembers what was tried.
+
+        After a lost connection the same rows are written again (same versions, times and
+        hashes), unless the first of them is already stored: then the earlier COMMIT went
+        through before the connection dropped, and the batch is done.
+        """
         async with self._pool.acquire() as conn, conn.transaction():
             streams = {p.stream_id for p in batch}
-            # A request for a new stream (expected version 0) needs no lookup: if the
-            # stream exists after all, the insert fails on its unique version.
-            await self._load_heads(conn, {p.stream_id for p in batch if p.expected_version != 0})
-            heads = {sid: self._heads[sid] for sid in streams if sid in self._heads}
-            outcomes: list[list[StoredEvent] | BaseException] = []
-            records: list[tuple[Any, ...]] = []
-            recorded: list[tuple[str, Recorded]] = []
-            now = datetime.now(UTC)
-            for pending in batch:
-                version, previous = heads.get(pending.stream_id, (0, GENESIS_HASH))
-                expected = pending.expected_version
-                if expected is not None and expected != version:
-                    outcomes.append(ConcurrencyError(pending.stream_id, expected, version))
-                    continue
-                stored = []
-                for event, (type_name, data, payload) in zip(
-                    pending.events, pending.encoded, strict=True
-                ):
-                    version += 1
-                    data_json = canonical_json(data)
-                    previous = event_hash(
-                        previous,
-                        stream_id=pending.stream_id,
-                        version=version,
-                        type_name=type_name,
-                        data_json=data_json,
-                        recorded_at=now,
-                        payload=payload,
-                    )
-                    stored.append(
-                        StoredEvent(
-                            stream_id=pending.stream_id,
-                            stream_type=pending.stream_type,
-                            version=version,
-                            type=type_name,
-                            data=data,
-                            payload=payload,
-                            recorded_at=now,
-                            hash=previous,
-                        )
-                    )
-                    records.append(
-                        (
-                            pending.stream_id,
-                            pending.stream_type,
-                            version,
-                            type_name,
-                            data_json,
-                            payload,
-                            now,
-                            previous,
-                        )
-                    )
-                    recorded.append(
-                        (
-                            pending.stream_type,
-                            Recorded(
-                                stream_id=pending.stream_id,
-                                version=version,
-                                recorded_at=now,
-                                event=event,
-                            ),
-                        )
-                    )
-                heads[pending.stream_id] = (version, previous)
-                outcomes.append(stored)
+            if attempts:
+                attempt = attempts[0]
+                if attempt.records and await self._already_stored(conn, attempt):
+                    self._heads.update(attempt.heads)
+                    for sid in streams:
+                        self._states.pop(sid, None)  # re-read when next needed
+                    return attempt.outcomes
+            else:
+                # A request for a new stream (expected version 0) needs no lookup: if the
+                # stream exists after all, the insert fails on its unique version.
+                await self._load_heads(
+                    conn, {p.stream_id for p in batch if p.expected_version != 0}
+                )
+                attempt = self._prepare(batch, streams)
+                attempts.append(attempt)
             states: dict[uuid.UUID, ProcessState] = {}
-            if records:
-                await conn.copy_records_to_table("events", records=records, columns=INSERT_COLUMNS)
+            if attempt.records:
+                await conn.copy_records_to_table(
+                    "events", records=attempt.records, columns=INSERT_COLUMNS
+                )
                 states = await apply_inline(
-                    conn, recorded, {s: self._states[s] for s in streams if s in self._states}
+                    conn,
+                    attempt.recorded,
+                    {s: self._states[s] for s in streams if s in self._states},
                 )
                 await conn.execute(
                     "SELECT pg_notify($1, $2)",
                     NOTIFY_CHANNEL,
-                    self._notify_payload(heads, batch),
+                    self._notify_payload(attempt.heads, batch),
                 )
-        self._heads.update(heads)
+        self._heads.update(attempt.heads)
         if len(self._states) > 100_000:  # a cache, not a registry
             self._states.clear()
         self._states.update(states)
-        return outcomes
+        return attempt.outcomes
+
+    @staticmethod
+    async def _already_stored(conn: Connection, attempt: _Attempt) -> bool:
+        stream_id, _, version, *_, digest = attempt.records[0]
+        found = await conn.fetchval(
+            "SELECT hash FROM events WHERE stream_id = $1 AND version = $2", stream_id, version
+        )
+        return bool(found == digest)
+
+    def _prepare(self, batch: list[_Pending], streams: set[uuid.UUID]) -> _Attempt:
+        """Versions, times and hashes of a batch's events, from the stream heads."""
+        heads = {sid: self._heads[sid] for sid in streams if sid in self._heads}
+        outcomes: list[list[StoredEvent] | BaseException] = []
+        records: list[tuple[Any, ...]] = []
+        recorded: list[tuple[str, Recorded]] = []
+        now = datetime.now(UTC)
+        for pending in batch:
+            version, previous = heads.get(pending.stream_id, (0, GENESIS_HASH))
+            expected = pending.expected_version
+            if expected is not None and expected != version:
+                outcomes.append(ConcurrencyError(pending.stream_id, expected, version))
+                continue
+            stored = []
+            for event, (type_name, data, payload) in zip(
+                pending.events, pending.encoded, strict=True
+            ):
+                version += 1
+                data_json = canonical_json(data)
+                previous = event_hash(
+                    previous,
+                    stream_id=pending.stream_id,
+                    version=version,
+                    type_name=type_name,
+                    data_json=data_json,
+                    recorded_at=now,
+                    payload=payload,
+                )
+                stored.append(
+                    StoredEvent(
+                        stream_id=pending.stream_id,
+                        stream_type=pending.stream_type,
+                        version=version,
+                        type=type_name,
+                        data=data,
+                        payload=payload,
+                        recorded_at=now,
+                        hash=previous,
+                    )
+                )
+                records.append(
+                    (
+                        pending.stream_id,
+                        pending.stream_type,
+                        version,
+                        type_name,
+                        data_json,
+                        payload,
+                        now,
+                        previous,
+                    )
+                )
+                recorded.append(
+                    (
+                        pending.stream_type,
+                        Recorded(
+                            stream_id=pending.stream_id,
+                            version=version,
+                            recorded_at=now,
+                            event=event,
+                        ),
+                    )
+                )
+            heads[pending.stream_id] = (version, previous)
+            outcomes.append(stored)
+        return _Attempt(heads=heads, outcomes=outcomes, records=records, recorded=recorded)
 
     async def _load_heads(self, conn: Connection, stream_ids: set[uuid.UUID]) -> None:
         missing = [sid for sid in stream_ids if sid not in self._heads]
