@@ -7,6 +7,7 @@ else is called on the loop.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -58,6 +59,8 @@ class EventStore:
             on_health=self._set_health,
         )
         self._listener: asyncpg.Connection | None = None
+        self._relisten: asyncio.Future[None] | None = None
+        self._closing = False
 
     @classmethod
     async def open(
@@ -77,6 +80,9 @@ class EventStore:
     async def close(self) -> None:
         """Write everything submitted so far, then release the connections."""
         await self._writer.close()
+        self._closing = True
+        if self._relisten is not None:
+            self._relisten.cancel()
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -195,6 +201,26 @@ class EventStore:
         # NOTIFY may be missed by a connection that also runs queries: keep this one idle.
         self._listener = await asyncpg.connect(self._dsn)
         await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        self._listener.add_termination_listener(self._on_listener_lost)
+
+    def _on_listener_lost(self, _conn: object) -> None:
+        if self._closing:
+            return
+        log.warning("lost the notification connection; reconnecting")
+        self._relisten = asyncio.ensure_future(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        """Reconnect with back-off, then let every follower catch up on what it missed."""
+        delay = 0.1
+        while not self._closing:
+            try:
+                await self._listen()
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.hub.poke(None)
+            return
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if not isinstance(payload, str):

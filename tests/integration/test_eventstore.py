@@ -338,3 +338,36 @@ async def test_hash_chain_detects_a_changed_payload_byte(store: EventStore) -> N
     assert (audit.verified, audit.first_bad_version, audit.events) == (False, 3, 4)
     assert streams == 1
     assert [(b.stream_id, b.first_bad_version) for b in bad] == [(sid, 3)]
+
+
+async def test_followers_see_other_nodes_events_after_the_listener_drops(
+    database_url: str, store: EventStore, server_url: str
+) -> None:
+    """Another node's appends reach live followers, also after the NOTIFY connection was cut."""
+    other = await EventStore.open(database_url, node="node-b")
+    sid = uuid.uuid4()
+    try:
+        await other.append(sid, [queued(), started()], expected_version=0)
+        received: asyncio.Queue[int] = asyncio.Queue()
+
+        async def follow() -> None:
+            async for event in store.subscribe(sid):
+                received.put_nowait(event.version)
+                if event.version == 4:
+                    return
+
+        follower = asyncio.create_task(follow())
+        assert [await asyncio.wait_for(received.get(), 10) for _ in range(2)] == [1, 2]
+        await other.append(sid, [chunk(0, b"one")], expected_version=2)  # via NOTIFY
+        assert await asyncio.wait_for(received.get(), 10) == 3
+        assert store._listener is not None
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute("SELECT pg_terminate_backend($1)", store._listener.get_server_pid())
+        finally:
+            await admin.close()
+        await other.append(sid, [chunk(3, b"two")], expected_version=3)
+        assert await asyncio.wait_for(received.get(), 20) == 4
+        await asyncio.wait_for(follower, 5)
+    finally:
+        await other.close()
