@@ -11,6 +11,7 @@ import collections
 import concurrent.futures
 import contextlib
 import os
+import shutil
 import signal as signals
 import threading
 import uuid
@@ -373,6 +374,11 @@ class ProcessSupervisor:
             return 0
         markers = {str(r["id"]) for r in rows}
         killed = await asyncio.to_thread(kill_marked, markers)
+        if not self._config.keep_workdirs:
+            for marker in markers:  # what the crashed runs left in their directories
+                await asyncio.to_thread(
+                    shutil.rmtree, self._config.runs_dir / marker, ignore_errors=True
+                )
         now = datetime.now(UTC)
         for row in rows:
             lost = Lost(node=self._config.node, last_status=row["status"], detected_at=now)

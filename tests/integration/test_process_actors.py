@@ -301,9 +301,13 @@ async def test_restart_closes_unfinished_runs_as_lost(store: EventStore, tmp_pat
         expected_version=0,
     )
     config = RunnerConfig(node=TEST_NODE, runs_dir=tmp_path / "runs")
+    leftover = tmp_path / "runs" / str(pid) / "work"
+    leftover.mkdir(parents=True)
+    (leftover / "partial-output.txt").write_text("half of something")
     supervisor = ProcessSupervisor(store, config, SupervisorLimits())
     await supervisor.start()
     try:
+        assert not (tmp_path / "runs" / str(pid)).exists()
         assert await asyncio.to_thread(orphan.wait, 10) == -signal.SIGKILL
         rows = await store.pool.fetch("SELECT id, status FROM processes")
         assert {r["id"]: r["status"] for r in rows} == {pid: "lost", other_node: "queued"}
