@@ -75,7 +75,8 @@ class Settings:
             database_url=env.get(PREFIX + "DATABASE_URL") or None,
             host=get("HOST", "127.0.0.1"),
             port=port,
-            data_dir=Path(get("DATA_DIR", ".shelltrail")).expanduser(),
+            # Absolute: scripts run in directories of their own under it.
+            data_dir=Path(get("DATA_DIR", ".shelltrail")).expanduser().absolute(),
             log_format=log_format,
             log_level=log_level,
             node=get("NODE", socket.gethostname()),

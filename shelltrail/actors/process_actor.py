@@ -139,7 +139,8 @@ class ProcessActor(pykka.ThreadingActor):
         self._log = structlog.get_logger(__name__).bind(process_id=self._marker)
         self._version = spec.version
         self._last_append: concurrent.futures.Future[Any] | None = None
-        self._rundir = config.runs_dir / self._marker
+        # Absolute: the script runs in a directory below, and is given this path.
+        self._rundir = config.runs_dir.absolute() / self._marker
         self._proc: subprocess.Popen[bytes] | None = None
         self._pidfd = -1
         self._selector: selectors.DefaultSelector | None = None

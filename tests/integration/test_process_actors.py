@@ -449,3 +449,19 @@ async def test_a_flooding_script_is_held_back_by_the_writer(
     finally:
         await supervisor.shutdown()
         await store.close()
+
+
+async def test_a_relative_runs_directory_works(
+    store: EventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default data directory is relative (`.shelltrail`): scripts must still be found."""
+    monkeypatch.chdir(tmp_path)
+    config = RunnerConfig(node=TEST_NODE, runs_dir=Path("relative/runs"))
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits())
+    await supervisor.start()
+    try:
+        events = await Runs(store, supervisor).run("echo found; exit 5")
+    finally:
+        await supervisor.shutdown()
+    assert output(events) == b"found\n"
+    assert last(events).data["exit_code"] == 5
