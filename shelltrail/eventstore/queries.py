@@ -80,17 +80,6 @@ async def get_current_version(db: Executor, command_id: uuid.UUID) -> CommandVer
     return command_version_from_row(row) if row is not None else None
 
 
-async def get_command_version(
-    db: Executor, command_id: uuid.UUID, version: int
-) -> CommandVersion | None:
-    row = await db.fetchrow(
-        "SELECT * FROM command_versions WHERE command_id = $1 AND version = $2",
-        command_id,
-        version,
-    )
-    return command_version_from_row(row) if row is not None else None
-
-
 async def get_process(db: Executor, process_id: uuid.UUID) -> ProcessState | None:
     """The process, deleted or not (``deleted`` tells)."""
     row = await db.fetchrow("SELECT * FROM processes WHERE id = $1", process_id)

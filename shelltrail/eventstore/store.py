@@ -174,20 +174,16 @@ class EventStore:
         return self._follow(stream_id, after)
 
     def subscribe_with_idle(
-        self, stream_id: uuid.UUID, *, after: int = 0, idle: float
+        self, stream_id: uuid.UUID, *, after: int = 0, idle: float | None
     ) -> AsyncIterator[StoredEvent | None]:
         """Like :meth:`subscribe`, with ``None`` after each ``idle`` seconds without events."""
+        return self.hub.follow(stream_id, after, self._page, page_size=PAGE_SIZE, idle=idle)
 
-        async def page(sid: uuid.UUID, last: int) -> list[StoredEvent]:
-            return await self.read_stream(sid, after=last, limit=PAGE_SIZE)
-
-        return self.hub.follow(stream_id, after, page, page_size=PAGE_SIZE, idle=idle)
+    async def _page(self, stream_id: uuid.UUID, after: int) -> list[StoredEvent]:
+        return await self.read_stream(stream_id, after=after, limit=PAGE_SIZE)
 
     async def _follow(self, stream_id: uuid.UUID, after: int) -> AsyncIterator[StoredEvent]:
-        async def page(sid: uuid.UUID, last: int) -> list[StoredEvent]:
-            return await self.read_stream(sid, after=last, limit=PAGE_SIZE)
-
-        events = self.hub.follow(stream_id, after, page, page_size=PAGE_SIZE)
+        events = self.subscribe_with_idle(stream_id, after=after, idle=None)
         try:
             async for event in events:
                 if event is not None:

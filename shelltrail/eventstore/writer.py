@@ -168,18 +168,8 @@ class EventWriter:
         expected_version: int | None,
     ) -> asyncio.Future[list[StoredEvent]]:
         """Queue an append from the event loop; the future resolves after commit."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[StoredEvent]] = loop.create_future()
-
-        def resolve(result: list[StoredEvent] | BaseException) -> None:
-            if future.done():
-                return
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-        self._enqueue(stream_id, events, expected_version, resolve, from_thread=False)
+        future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
+        self._enqueue(stream_id, events, expected_version, _resolver(future), from_thread=False)
         return future
 
     def submit_threadsafe(
@@ -194,16 +184,7 @@ class EventWriter:
         from threads wait to be written.
         """
         future: concurrent.futures.Future[list[StoredEvent]] = concurrent.futures.Future()
-
-        def resolve(result: list[StoredEvent] | BaseException) -> None:
-            if future.done():
-                return
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-        self._enqueue(stream_id, events, expected_version, resolve, from_thread=True)
+        self._enqueue(stream_id, events, expected_version, _resolver(future), from_thread=True)
         return future
 
     def _enqueue(
@@ -522,6 +503,22 @@ class EventWriter:
         self.batches_committed += 1
         if published:
             self._publish(published)
+
+
+def _resolver(
+    future: asyncio.Future[list[StoredEvent]] | concurrent.futures.Future[list[StoredEvent]],
+) -> Resolve:
+    """Settle ``future`` (once) with the append's stored events or its error."""
+
+    def resolve(result: list[StoredEvent] | BaseException) -> None:
+        if future.done():
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    return resolve
 
 
 def _as_store_error(pending: _Pending, exc: BaseException) -> BaseException:
