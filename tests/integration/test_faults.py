@@ -6,11 +6,14 @@ import asyncio
 import hashlib
 
 import asyncpg
+import pytest
 
 from shelltrail.eventstore import EventStore
 from shelltrail.eventstore.audit import verify_all
 from shelltrail.eventstore.replay import check
 from tests.integration.runs import Runs, last, output
+
+pytestmark = pytest.mark.faults
 
 
 async def test_runs_survive_cut_database_connections(

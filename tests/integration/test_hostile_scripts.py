@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.integration.runs import Runs, last, no_survivors, output
+
+pytestmark = pytest.mark.fuzz
 
 
 async def test_thousands_of_short_lived_children(runs: Runs) -> None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import Case
 
 from tests.integration.conftest import TOKENS
+
+pytestmark = pytest.mark.fuzz
 
 EXAMPLES = int(os.environ.get("SHELLTRAIL_FUZZ_EXAMPLES", "12"))
 
