@@ -257,35 +257,37 @@ class ProjectionBuilder:
     def __init__(self) -> None:
         self.processes: dict[uuid.UUID, ProcessState] = {}
         self.commands: dict[uuid.UUID, CommandState] = {}
-        self._chunks: dict[uuid.UUID, tuple[int, list[ChunkFacts]]] = {}
+        #: Per process stream, its pending run of chunks: (first version, chunk facts).
+        #: Replay's hot loop extends a run in place when the next version continues it.
+        self.chunk_runs: dict[uuid.UUID, tuple[int, list[ChunkFacts]]] = {}
 
     def add(self, stream_type: str, recorded: Recorded) -> None:
         sid = recorded.stream_id
         if stream_type == "process":
-            if sid in self._chunks:
+            if sid in self.chunk_runs:
                 self._fold_chunks(sid)
             self.processes[sid] = evolve_process(self.processes.get(sid), recorded)
         else:
             self.commands[sid] = evolve_command(self.commands.get(sid), recorded)
 
     def add_chunk(self, stream_id: uuid.UUID, version: int, facts: ChunkFacts) -> None:
-        pending = self._chunks.get(stream_id)
+        pending = self.chunk_runs.get(stream_id)
         if pending is None:
-            self._chunks[stream_id] = (version, [facts])
+            self.chunk_runs[stream_id] = (version, [facts])
             return
         first, chunks = pending
         if version != first + len(chunks):  # not consecutive: let the fold say so
             self._fold_chunks(stream_id)
-            self._chunks[stream_id] = (version, [facts])
+            self.chunk_runs[stream_id] = (version, [facts])
             return
         chunks.append(facts)
 
     def finish(self) -> None:
-        for sid in list(self._chunks):
+        for sid in list(self.chunk_runs):
             self._fold_chunks(sid)
 
     def _fold_chunks(self, stream_id: uuid.UUID) -> None:
-        first, chunks = self._chunks.pop(stream_id)
+        first, chunks = self.chunk_runs.pop(stream_id)
         self.processes[stream_id] = evolve_output(
             self.processes.get(stream_id), stream_id, first, chunks
         )

@@ -20,10 +20,12 @@ from shelltrail.eventstore.projections import TABLES, ProjectionBuilder
 # Replay needs each chunk's stream, offset, length (and a valid captured_at), never its
 # bytes or its JSON. PostgreSQL checks the shape cheaply and hands over the four fields as
 # text; Python checks their values (and falls back to the strict decoder, which names what
-# is wrong). Everything else comes back as `data` and goes through the decoder.
+# is wrong). Everything else comes back as `data` and goes through the decoder. The ORDER
+# BY sits inside the subquery (computing `fast` once per row): that way PostgreSQL walks the
+# primary key in order instead of sorting the whole log, wide rows and all, on disk.
 _CHUNK_SHAPE: Final = """(
     e.type = 'OutputChunk' AND e.stream_type = 'process'
-    AND e.data - 'stream' - 'offset' - 'length' - 'captured_at' = '{}'::jsonb
+    AND e.data - '{stream,offset,length,captured_at}'::text[] = '{}'::jsonb
     AND jsonb_typeof(e.data->'stream') = 'string'
     AND jsonb_typeof(e.data->'offset') = 'number'
     AND jsonb_typeof(e.data->'length') = 'number'
@@ -39,8 +41,7 @@ SELECT stream_id, version,
        CASE WHEN fast THEN NULL ELSE type END AS type,
        CASE WHEN fast THEN NULL ELSE data END AS data,
        CASE WHEN fast THEN NULL ELSE recorded_at END AS recorded_at
-FROM (SELECT e.*, {_CHUNK_SHAPE} AS fast FROM events e OFFSET 0) AS e
-ORDER BY position
+FROM (SELECT e.*, {_CHUNK_SHAPE} AS fast FROM events e ORDER BY position OFFSET 0) AS e
 """
 _FETCH: Final = 10_000
 
@@ -65,14 +66,12 @@ class Difference:
 
 
 def _chunk_from_text(stream: str, offset: str, length: str, captured_at: str) -> ChunkFacts:
-    """Check a chunk's fields as the decoder would; on any doubt, let the decoder say why."""
-    if (
-        (stream == "stdout" or stream == "stderr")  # noqa: PLR1714 -- faster than a set
-        and offset.isdigit()
-        and length.isdigit()
-        and offset.isascii()
-        and length.isascii()
-    ):
+    """Check a chunk's fields as the decoder would; on any doubt, let the decoder say why.
+
+    `offset` and `length` are the text of JSON numbers (the query checked their type), so
+    they are ASCII, and ``isdigit`` accepts exactly the non-negative integers.
+    """
+    if (stream == "stdout" or stream == "stderr") and offset.isdigit() and length.isdigit():  # noqa: PLR1714 -- faster than a set
         try:
             parsed: datetime | None = datetime.fromisoformat(captured_at)
         except ValueError:
@@ -89,13 +88,23 @@ def _chunk_from_text(stream: str, offset: str, length: str, captured_at: str) ->
 
 
 def _fold_page(builder: ProjectionBuilder, page: list[asyncpg.Record]) -> None:
-    """Fold one page of rows; the loop is this module's hot path, kept free of await."""
+    """Fold one page of rows; the loop is this module's hot path, kept free of await.
+
+    A chunk that continues its stream's pending run is appended to it here, without a call
+    into the builder: that is nearly every row of a real log.
+    """
     add_chunk = builder.add_chunk
+    runs = builder.chunk_runs
     row = None
     try:
         for row in page:
             if row[2] is not None:  # a chunk of the right shape, unpacked by the query
-                add_chunk(row[0], row[1], _chunk_from_text(row[2], row[3], row[4], row[5]))
+                facts = _chunk_from_text(row[2], row[3], row[4], row[5])
+                run = runs.get(row[0])
+                if run is not None and row[1] == run[0] + len(run[1]):
+                    run[1].append(facts)
+                else:
+                    add_chunk(row[0], row[1], facts)
             elif row["type"] == "OutputChunk" and row["stream_type"] == "process":
                 add_chunk(row["stream_id"], row["version"], chunk_facts(row["data"]))
             else:

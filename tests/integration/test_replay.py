@@ -169,8 +169,29 @@ def test_inline_projections_equal_replay(database_url: str) -> None:
     ("data", "message"),
     [
         (
-            '{"stream": "stdout", "offset": 0, "length": 1, "captured_at": "x", "extra": 1}',
+            '{"stream": "stdout", "offset": 0, "length": 1, '
+            '"captured_at": "2026-01-01T00:00:00+00:00", "extra": 1}',
             "unexpected fields",
+        ),
+        (
+            '{"stream": "stdout", "offset": -1, "length": 1, '
+            '"captured_at": "2026-01-01T00:00:00+00:00"}',
+            "offset",
+        ),
+        (
+            '{"stream": "stdout", "offset": 0, "length": 1.5, '
+            '"captured_at": "2026-01-01T00:00:00+00:00"}',
+            "must be an integer",
+        ),
+        (
+            '{"stream": "stdin", "offset": 0, "length": 1, '
+            '"captured_at": "2026-01-01T00:00:00+00:00"}',
+            "stream",
+        ),
+        (
+            '{"stream": "stdout", "offset": 0, "length": 1, '
+            '"captured_at": "2026-02-30T00:00:00+00:00"}',
+            "captured_at",
         ),
         (
             '{"stream": "stdout", "offset": 0, "length": "1", '
