@@ -45,6 +45,8 @@ from shelltrail.domain.events import OutputLimitPolicy, OutputStream, StopReason
 
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _READ_SIZE: Final = 65536
+#: The longest single wait in the actor's loop, in seconds (see ``_next_wakeup``).
+_LONGEST_WAIT: Final = 3600.0
 
 
 class EventSink(Protocol):
@@ -287,7 +289,11 @@ class ProcessActor(pykka.ThreadingActor):
             deadlines.append(self._timeout_at)
         if self._kill_at is not None:
             deadlines.append(self._kill_at)
-        return max(0.0, min(deadlines) - now) if deadlines else None
+        if not deadlines:
+            return None
+        # epoll takes at most 2**31 - 1 ms (about 24.8 days); a longer timeout wakes up
+        # early, finds nothing due, and waits again.
+        return min(max(0.0, min(deadlines) - now), _LONGEST_WAIT)
 
     def _read(self, buffer: _StreamBuffer) -> None:
         try:

@@ -6,6 +6,7 @@ Handlers tell the supervisor what to do and read projections; they never wait on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal as signals
 from typing import Final
 
@@ -73,6 +74,21 @@ async def live_process(request: web.Request) -> ProcessState:
     return state
 
 
+def same_key(earlier: ProcessState) -> web.Response:
+    """The answer to a repeated Idempotency-Key: the process it started, unless deleted.
+
+    A deleted process answers 404 everywhere, so it is not returned here either; the key
+    stays taken (a retry must not start the run again), hence a conflict.
+    """
+    if earlier.deleted:
+        raise HTTPProblem(
+            409,
+            f"process {earlier.id}, started with this Idempotency-Key, was deleted; "
+            "send another key to start a new run",
+        )
+    return json_response(process_out(earlier), status=200)
+
+
 async def start(request: web.Request) -> web.Response:
     store = request.app[STORE]
     key = request.headers.get("Idempotency-Key")
@@ -81,7 +97,7 @@ async def start(request: web.Request) -> web.Response:
     if key is not None:
         earlier = await find_process_by_idempotency_key(store.pool, key)
         if earlier is not None:
-            return json_response(process_out(earlier), status=200)
+            return same_key(earlier)
     body = await read_body(request, ProcessIn)
     version = await get_current_version(store.pool, body.command_id)
     if version is None:
@@ -103,7 +119,7 @@ async def start(request: web.Request) -> web.Response:
         if key is not None:  # the same key raced another request, which won
             earlier = await find_process_by_idempotency_key(store.pool, key)
             if earlier is not None:
-                return json_response(process_out(earlier), status=200)
+                return same_key(earlier)
         raise
     # The process as its Queued event made it; later events may already be stored.
     state = project_process([event.recorded() for event in stored])
@@ -176,6 +192,10 @@ async def stop(request: web.Request) -> web.Response:
         requested_by=principal_name(request),
     )
     if not stopped:
+        # A run of this server that has just ended: its actor is gone, and its last events
+        # may still be on their way to the log. Let them land before saying which it is.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(request.app[SUPERVISOR].wait_finished(state.id), _DELETE_WAIT)
         current = await get_process(request.app[STORE].pool, state.id)
         if current is not None and current.is_terminal:
             raise HTTPProblem(409, f"the process has already ended ({current.status})")
@@ -242,6 +262,7 @@ ROUTES = [
             200: Response("A process started earlier with the same Idempotency-Key.", Process),
             201: Response("The new process (queued or running).", Process),
             404: Response("No such command (or it was deleted).", Problem),
+            409: Response("The process started with this Idempotency-Key was deleted.", Problem),
             429: Response("Too many runs are queued; retry after Retry-After.", Problem),
             503: Response("The server is shutting down.", Problem),
             **_BODY_ERRORS,

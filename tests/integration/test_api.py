@@ -296,6 +296,24 @@ async def test_stop_a_running_process_and_conflict_after_the_end(api: Client) ->
     assert not await asyncio.to_thread(find_marked, {process["id"]})
 
 
+async def test_stopping_a_run_as_it_ends_says_it_ended(api: Client) -> None:
+    """A stop racing a run's end answers 202 or 'already ended', never a wrong reason.
+
+    Found by the stateful fuzz test: between the actor's end and its last event's commit,
+    the answer named another node as the run's owner.
+    """
+    command = await create_command(api, "true")
+    for _ in range(20):
+        process = await start(api, command["id"])
+        stop = await api.post(
+            f"/api/v1/processes/{process['id']}/stop", json={}, headers=auth("operator")
+        )
+        if stop.status != 202:
+            assert stop.status == 409
+            assert "already ended" in (await stop.json())["detail"]
+        await wait_done(api, process["id"])
+
+
 async def test_deleting_a_running_process_stops_it_first(api: Client) -> None:
     command = await create_command(api, "sleep 1000")
     process = await start(api, command["id"])
@@ -315,6 +333,42 @@ async def test_idempotency_key_returns_the_same_process(api: Client) -> None:
     )
     assert (first.status, second.status) == (201, 200)
     assert (await first.json())["id"] == (await second.json())["id"]
+
+
+async def test_the_key_of_a_deleted_process_is_a_conflict(api: Client) -> None:
+    """A deleted process is 404 everywhere: its Idempotency-Key neither returns it nor reruns.
+
+    Found by the stateful fuzz test: the key used to answer 200 with the deleted process.
+    """
+    command = await create_command(api, "true")
+    headers = {**auth("operator"), "Idempotency-Key": "deleted-run"}
+    body = {"command_id": command["id"]}
+    first = await api.post("/api/v1/processes", json=body, headers=headers)
+    assert first.status == 201
+    pid = (await first.json())["id"]
+    await wait_done(api, pid)
+    assert (await api.delete(f"/api/v1/processes/{pid}", headers=auth())).status == 204
+    again = await api.post("/api/v1/processes", json=body, headers=headers)
+    assert again.status == 409
+    assert again.content_type == "application/problem+json"
+    assert pid in (await again.json())["detail"]
+    listing = await (await api.get("/api/v1/processes", headers=auth())).json()
+    assert listing["items"] == []
+
+
+async def test_the_longest_timeout_does_not_break_a_run(api: Client) -> None:
+    """A timeout the API accepts (up to a year) leaves a run to end on its own.
+
+    Found by the stateful fuzz test: beyond about 24.8 days, the actor's wait overflowed
+    epoll's timeout and every such run ended `lost`.
+    """
+    command = await create_command(api, "echo fine", timeout_seconds=31_536_000)
+    process = await start(api, command["id"])
+    done = await wait_done(api, process["id"])
+    assert (done["status"], done["exit_code"], done["stdout_bytes"]) == ("succeeded", 0, 5)
+    run_level = await start(api, command["id"], timeout_seconds=2_200_000)
+    done = await wait_done(api, run_level["id"])
+    assert (done["status"], done["exit_code"]) == ("succeeded", 0)
 
 
 async def test_starting_an_unknown_or_deleted_command_is_404(api: Client) -> None:
