@@ -26,6 +26,8 @@ from bench import (
     http_reads,
     http_runs,
     ingest,
+    load,
+    memory,
     replay,
     runs,
 )
@@ -55,6 +57,16 @@ BENCHMARKS: dict[str, Benchmark] = {
         server, repeat=args.repeat or 3, output_mib=args.http_output_mib
     ),
     "http-follow": lambda server, args: http_follow.run(server, repeat=args.repeat or 3),
+    "rss-flood": lambda server, args: memory.rss_flood(
+        server, repeat=args.repeat or 3, mib=args.flood_mib
+    ),
+    "sleepers": lambda server, args: memory.sleepers(
+        server, repeat=args.repeat or 3, runs=args.sleepers
+    ),
+    "load-mixed": lambda server, args: load.mixed(server, seconds=args.load_seconds),
+    "load-flood": lambda server, args: load.flood(
+        server, repeat=args.repeat or 3, mib=args.flood_mib
+    ),
 }
 
 
@@ -97,6 +109,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1024,
         help="http-reads: MiB of output of the big run",
+    )
+    parser.add_argument(
+        "--flood-mib",
+        type=int,
+        default=1024,
+        help="rss-flood, load-flood: MiB printed by the flooding run",
+    )
+    parser.add_argument(
+        "--sleepers", type=int, default=1000, help="sleepers: concurrent `sleep 600` runs"
+    )
+    parser.add_argument(
+        "--load-seconds", type=float, default=60.0, help="load-mixed: seconds of load"
     )
     return parser.parse_args(argv)
 
