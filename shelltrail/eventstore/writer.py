@@ -8,6 +8,12 @@ callers and publishes the events to live subscribers: followers see committed ev
 Back-pressure: appends from threads block while too many bytes wait to be written, so a
 script printing faster than the database can store waits on its full pipe instead of
 growing the server's memory.
+
+Failures: an error after which the database may work again later (lost connection, server
+restarting, disk full) retries the batch with back-off until it commits; meanwhile
+:attr:`EventWriter.failure` says why appends are not stored. An append made on the loop
+with :data:`APPEND_TIMEOUT` set is withdrawn instead, with :class:`StoreUnavailable`, when it
+is still not stored after that time and nothing of it can have been committed.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -37,7 +44,7 @@ from shelltrail.domain import (
 )
 from shelltrail.domain import stream_type_of as _stream_type_of
 from shelltrail.eventstore.db import Connection
-from shelltrail.eventstore.errors import ConcurrencyError, StoreClosed
+from shelltrail.eventstore.errors import ConcurrencyError, DatabaseUnavailable, StoreClosed
 from shelltrail.eventstore.hashing import GENESIS_HASH, canonical_json, event_hash
 from shelltrail.eventstore.projections import apply_inline
 from shelltrail.eventstore.records import StoredEvent
@@ -65,15 +72,45 @@ _TRANSIENT: Final = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,  # another backend crashed; the server restarts
+    # Out of a resource (SQLSTATE 53100, 53200, 53300): the transaction is rolled back whole,
+    # the same batch commits once the resource is back, and meanwhile back-pressure holds the
+    # runs. Failing it would lose their output for good. (53400, a configuration limit, is
+    # left out: retrying cannot help an append that exceeds one.)
+    asyncpg.DiskFullError,
+    asyncpg.OutOfMemoryError,
+    asyncpg.TooManyConnectionsError,
     # A connection cut in the middle of an operation can leave asyncpg's protocol in a
     # state it reports this way; the pool drops that connection, and a retry gets another.
     asyncpg.InternalClientError,
 )
 
+#: How long an append made on the event loop may wait to be stored, in seconds; ``None``
+#: (the default) waits until it is. Past it, the append is withdrawn at the first point where
+#: nothing of it can have been committed (still queued, or its batch's transaction failed
+#: before COMMIT) and fails with :class:`StoreUnavailable`. The HTTP layer sets it for the
+#: appends a request makes, so that no request waits forever for a failing database.
+APPEND_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "shelltrail_append_timeout", default=None
+)
+
 Resolve = Callable[[list[StoredEvent] | BaseException], None]
 
 
-@dataclass(slots=True)
+class StoreUnavailable(DatabaseUnavailable):
+    """An append was withdrawn after :data:`APPEND_TIMEOUT`: nothing of it was stored."""
+
+
+def describe_failure(exc: BaseException) -> str:
+    """Why appends are not stored, in words fit for a log line, /readyz and an API error."""
+    if isinstance(exc, asyncpg.DiskFullError):
+        return "the database's disk is full"
+    if isinstance(exc, asyncpg.InsufficientResourcesError):
+        return f"the database lacks resources ({exc.sqlstate}: {exc.__class__.__name__})"
+    return "the database cannot be reached or is restarting"
+
+
+@dataclass(slots=True, eq=False)
 class _Pending:
     stream_id: uuid.UUID
     stream_type: str
@@ -83,6 +120,9 @@ class _Pending:
     from_thread: bool
     resolve: Resolve
     encoded: list[tuple[str, dict[str, Any], bytes | None]] = field(default_factory=list)
+    #: Past its APPEND_TIMEOUT: withdraw it at the first safe point.
+    expired: bool = False
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +133,14 @@ class _Attempt:
     outcomes: list[list[StoredEvent] | BaseException]
     records: list[tuple[Any, ...]]
     recorded: list[tuple[str, Recorded]]
+
+
+@dataclass(slots=True)
+class _Try:
+    """One try at committing a batch."""
+
+    #: COMMIT was (or may have been) sent: a failure from here on may hide a commit.
+    commit_sent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +185,11 @@ class EventWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        # Why appends are not being stored: the batches retrying now, by a key of their own,
+        # and the last error of a batch that ended with every append withdrawn. A commit
+        # clears the latter; the loop thread alone updates both.
+        self._retrying: dict[object, BaseException] = {}
+        self._gave_up: BaseException | None = None
         # Plain counters for /metrics; the loop thread alone updates them.
         self.batches_committed = 0
         self.events_committed = 0
@@ -168,8 +221,14 @@ class EventWriter:
         expected_version: int | None,
     ) -> asyncio.Future[list[StoredEvent]]:
         """Queue an append from the event loop; the future resolves after commit."""
-        future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        self._enqueue(stream_id, events, expected_version, _resolver(future), from_thread=False)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[StoredEvent]] = loop.create_future()
+        pending = self._enqueue(
+            stream_id, events, expected_version, _resolver(future), from_thread=False
+        )
+        timeout = APPEND_TIMEOUT.get()
+        if timeout is not None:
+            pending.timer = loop.call_later(timeout, self._expire, pending)
         return future
 
     def submit_threadsafe(
@@ -195,7 +254,7 @@ class EventWriter:
         resolve: Resolve,
         *,
         from_thread: bool,
-    ) -> None:
+    ) -> _Pending:
         if not events:
             raise ValueError("append needs at least one event")
         stream_type = _stream_type_of(events[0])
@@ -220,6 +279,7 @@ class EventWriter:
                 self._pending_bytes += nbytes
             self._queue.append(pending)
         self._schedule_wake()
+        return pending
 
     @property
     def pending_bytes(self) -> int:
@@ -229,6 +289,45 @@ class EventWriter:
     @property
     def queued_appends(self) -> int:
         return len(self._queue)
+
+    @property
+    def failure(self) -> str | None:
+        """Why appends are not being stored now (see :func:`describe_failure`), else None."""
+        exc = self._current_failure()
+        return describe_failure(exc) if exc is not None else None
+
+    def _current_failure(self) -> BaseException | None:
+        return next(reversed(self._retrying.values()), None) or self._gave_up
+
+    def _set_failing(self, key: object, exc: BaseException | None) -> None:
+        """Record (or with ``None`` clear) the error a batch is retrying on. Loop thread."""
+        if exc is None:
+            self._retrying.pop(key, None)
+        else:
+            self._retrying[key] = exc
+        self._on_health(self.failure is None)
+
+    def _expire(self, pending: _Pending) -> None:
+        """APPEND_TIMEOUT has passed: withdraw the append if it still waits in the queue.
+
+        Runs on the loop. One already in a batch is withdrawn if that batch's transaction
+        fails before its COMMIT (:meth:`_write`); if it commits, the append succeeds.
+        """
+        pending.expired = True
+        with self._lock:  # threads append to the queue under the lock
+            try:
+                self._queue.remove(pending)
+            except ValueError:
+                return
+        self._withdraw(pending, self._current_failure())
+
+    @staticmethod
+    def _withdraw(pending: _Pending, cause: BaseException | None) -> None:
+        reason = describe_failure(cause) if cause is not None else "the database is too slow"
+        log.warning("append withdrawn: not stored in time", reason=reason)
+        pending.resolve(
+            StoreUnavailable(f"the event log cannot store this now ({reason}); nothing was stored")
+        )
 
     def _schedule_wake(self) -> None:
         with self._lock:
@@ -245,13 +344,22 @@ class EventWriter:
     async def _run(self) -> None:
         assert self._wake is not None
         in_flight: set[asyncio.Task[None]] = set()
+
+        def done(task: asyncio.Task[None]) -> None:
+            # Wake up once the task has left ``in_flight``: the wake-up in _write_batch comes
+            # before it has, and one that finds the last batch still there must not be the
+            # last, or close() would wait forever.
+            in_flight.discard(task)
+            assert self._wake is not None
+            self._wake.set()
+
         while True:
             while len(in_flight) < self._limits.concurrent_transactions and (
                 batch := self._take_batch()
             ):
                 task = asyncio.create_task(self._write_batch(batch))
                 in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(done)
             if self._closing and not self._queue and not in_flight:
                 return
             await self._wake.wait()
@@ -302,40 +410,67 @@ class EventWriter:
     async def _write(self, batch: list[_Pending]) -> None:
         delay = 0.05
         attempts: list[_Attempt] = []
-        while True:
-            started = time.perf_counter()
-            try:
-                outcomes = await self._commit(batch, attempts)
-                self.commit_seconds_total += time.perf_counter() - started
-            except _TRANSIENT as exc:
-                self._on_health(False)
-                log.warning("append failed, retrying", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            except (asyncpg.UniqueViolationError, InvalidTransition, EventDecodeError) as exc:
-                if len(batch) == 1:
-                    self._heads.pop(batch[0].stream_id, None)
-                    self._states.pop(batch[0].stream_id, None)
-                    outcomes = [_as_store_error(batch[0], exc)]
-                else:
-                    # One request spoiled the transaction: give each its own.
-                    for pending in batch:
-                        await self._write([pending])
-                    return
-            except asyncpg.PostgresError as exc:
-                if len(batch) > 1:
-                    for pending in batch:
-                        await self._write([pending])
-                    return
-                log.error("append refused by the database", error=str(exc))
-                outcomes = [exc]
-            self._on_health(True)
-            break
+        key = object()
+        # Once a try has failed after sending COMMIT, it may have committed: retries write
+        # the same rows (or find them stored), and nothing is withdrawn from this batch.
+        doubtful = False
+        try:
+            while True:
+                started = time.perf_counter()
+                current = _Try()
+                try:
+                    outcomes = await self._commit(batch, attempts, current)
+                    self.commit_seconds_total += time.perf_counter() - started
+                except _TRANSIENT as exc:
+                    doubtful = doubtful or current.commit_sent
+                    self._set_failing(key, exc)
+                    _log_retry(exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    if not doubtful and any(p.expired for p in batch):
+                        # Nothing of this batch is stored: give up the appends whose callers
+                        # stopped waiting, and prepare the rest afresh.
+                        batch = self._withdraw_expired(batch, exc)
+                        attempts.clear()
+                        if not batch:
+                            self._gave_up = exc
+                            return
+                    continue
+                except (asyncpg.UniqueViolationError, InvalidTransition, EventDecodeError) as exc:
+                    if len(batch) == 1:
+                        self._heads.pop(batch[0].stream_id, None)
+                        self._states.pop(batch[0].stream_id, None)
+                        outcomes = [_as_store_error(batch[0], exc)]
+                    else:
+                        # One request spoiled the transaction: give each its own.
+                        for pending in batch:
+                            await self._write([pending])
+                        return
+                except asyncpg.PostgresError as exc:
+                    if len(batch) > 1:
+                        for pending in batch:
+                            await self._write([pending])
+                        return
+                    log.error("append refused by the database", error=str(exc))
+                    outcomes = [exc]
+                self._gave_up = None  # the database answered
+                break
+        finally:
+            self._set_failing(key, None)
         self._finish(batch, outcomes)
 
+    def _withdraw_expired(self, batch: list[_Pending], cause: BaseException) -> list[_Pending]:
+        """Withdraw the batch's expired appends; return the others."""
+        kept = []
+        for pending in batch:
+            if pending.expired:
+                self._withdraw(pending, cause)
+            else:
+                kept.append(pending)
+        return kept
+
     async def _commit(
-        self, batch: list[_Pending], attempts: list[_Attempt]
+        self, batch: list[_Pending], attempts: list[_Attempt], current: _Try
     ) -> list[list[StoredEvent] | BaseException]:
         """Write a batch in one transaction; ``attempts`` remembers what was tried.
 
@@ -343,11 +478,12 @@ class EventWriter:
         hashes), unless the first of them is already stored: then the earlier COMMIT went
         through before the connection dropped, and the batch is done.
         """
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, _ended_if_lost(conn), conn.transaction():
             streams = {p.stream_id for p in batch}
             if attempts:
                 attempt = attempts[0]
                 if attempt.records and await self._already_stored(conn, attempt):
+                    current.commit_sent = True  # stored already: never withdraw it now
                     self._heads.update(attempt.heads)
                     for sid in streams:
                         self._states.pop(sid, None)  # re-read when next needed
@@ -375,6 +511,7 @@ class EventWriter:
                     NOTIFY_CHANNEL,
                     self._notify_payload(attempt.heads, batch),
                 )
+            current.commit_sent = True  # leaving the block sends COMMIT
         self._heads.update(attempt.heads)
         if len(self._states) > 100_000:  # a cache, not a registry
             self._states.clear()
@@ -495,6 +632,8 @@ class EventWriter:
                 self._space.notify_all()
         published: list[StoredEvent] = []
         for pending, outcome in zip(batch, outcomes, strict=True):
+            if pending.timer is not None:
+                pending.timer.cancel()
             if not isinstance(outcome, BaseException):
                 published.extend(outcome)
                 self.events_committed += len(outcome)
@@ -503,6 +642,55 @@ class EventWriter:
         self.batches_committed += 1
         if published:
             self._publish(published)
+
+
+@contextlib.asynccontextmanager
+async def _ended_if_lost(conn: Connection) -> AsyncIterator[None]:
+    """Raise ConnectionDoesNotExistError in the block as soon as ``conn`` is lost.
+
+    asyncpg's COPY (and executemany) waits for the socket to accept more data without
+    noticing that the connection is gone: a server that dies while its receive buffer is full
+    would leave the writer waiting forever. The block is cancelled instead.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"inside": True, "lost": False}
+
+    def on_lost(_conn: object) -> None:  # called soon after asyncpg saw the connection end
+        if state["inside"]:
+            state["lost"] = True
+            task.cancel("the database connection was lost")
+
+    conn.add_termination_listener(on_lost)
+    try:
+        yield
+    except BaseException as exc:
+        if not state["lost"]:
+            raise
+        # Ours was the cancel (whatever it became on its way out, e.g. an InterfaceError from
+        # the transaction's exit): withdraw it, unless the task was cancelled from outside too.
+        if task.uncancel() > 0 and isinstance(exc, asyncio.CancelledError):
+            raise
+        raise asyncpg.ConnectionDoesNotExistError("the database connection was lost") from exc
+    finally:
+        state["inside"] = False
+        # A lost connection has dropped its listeners, and its proxy refuses every call.
+        with contextlib.suppress(asyncpg.InterfaceError):
+            conn.remove_termination_listener(on_lost)
+
+
+def _log_retry(exc: BaseException, delay: float) -> None:
+    if isinstance(exc, asyncpg.DiskFullError):
+        # The operator's cue: runs are held back (back-pressure) until space is freed.
+        log.error(
+            "the database's disk is full: appends are retried until space is freed",
+            error=str(exc),
+            retry_in=delay,
+        )
+    else:
+        log.warning(
+            "append failed, retrying", reason=describe_failure(exc), error=str(exc), retry_in=delay
+        )
 
 
 def _resolver(

@@ -16,6 +16,7 @@ from aiohttp import web
 from shelltrail.actors import ProcessSupervisor
 from shelltrail.eventstore import EventStore
 from shelltrail.eventstore.migrate import pending_migrations
+from shelltrail.eventstore.writer import APPEND_TIMEOUT, StoreUnavailable
 from shelltrail.http import commands, processes, streams
 from shelltrail.http.auth import Principal, Role, TokenRegistry
 from shelltrail.http.context import (
@@ -40,6 +41,20 @@ MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 MAX_QUERY_BYTES: Final = 8 * 1024
 OPENAPI_PATH: Final = "/api/v1/openapi.json"
 DOCS_PATH: Final = "/api/docs"
+#: How long an append a request makes may wait to be stored before it is withdrawn and the
+#: request answers 503. Appends take milliseconds; this passes only while the database fails
+#: (disk full, restarting) or is blocked.
+REQUEST_APPEND_TIMEOUT: Final = 5.0
+#: Errors of a database that is unreachable, restarting or out of resources: 503, not 500.
+_DATABASE_FAILING: Final = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    StoreUnavailable,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InsufficientResourcesError,
+)
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -57,6 +72,9 @@ async def readyz(request: web.Request) -> web.Response:
         return json_response(Health(status="database unreachable"), status=503)
     if pending:
         return json_response(Health(status="migrations pending"), status=503)
+    failure = store.writer.failure
+    if failure is not None:  # it answers queries, but events cannot be stored (disk full…)
+        return json_response(Health(status=f"cannot store events: {failure}"), status=503)
     return json_response(Health(status="ok"))
 
 
@@ -79,7 +97,11 @@ OPS_ROUTES = [
         None,
         responses={
             200: Response("The database answers and the schema is current.", Health),
-            503: Response("Not ready: the database is unreachable or migrating.", Health),
+            503: Response(
+                "Not ready: the database is unreachable or migrating, or events cannot be "
+                "stored (e.g. its disk is full).",
+                Health,
+            ),
         },
     ),
 ]
@@ -199,6 +221,8 @@ def _authenticate(request: web.Request) -> Principal:
 @web.middleware
 async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as problem+json; an unexpected one as a bare 500, logged here."""
+    # The appends this request makes give up (nothing stored) rather than wait forever.
+    timeout = APPEND_TIMEOUT.set(REQUEST_APPEND_TIMEOUT)
     try:
         return await handler(request)
     except HTTPProblem as exc:
@@ -218,12 +242,16 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
             raise  # the client left: nobody to answer
         log.error("database unavailable", error=str(exc))
         return problem_response(503, "the database is unavailable; try again")
-    except (OSError, asyncpg.PostgresConnectionError) as exc:
+    except _DATABASE_FAILING as exc:
         log.error("database unavailable", error=str(exc))
-        return problem_response(503, "the database is unavailable; try again")
+        # A withdrawn append says why, and that nothing of the request was stored.
+        detail = str(exc) if isinstance(exc, StoreUnavailable) else "the database is unavailable"
+        return problem_response(503, f"{detail}; try again", headers={"Retry-After": "5"})
     except Exception:
         log.exception("request failed", method=request.method, path=request.path)
         return problem_response(500, "the server failed to answer this request")
+    finally:
+        APPEND_TIMEOUT.reset(timeout)
 
 
 @web.middleware
