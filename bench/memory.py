@@ -37,15 +37,17 @@ import asyncio
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import aiohttp
 
 from bench.ceiling import AtMost, CeilingResult
-from bench.db import Server
+from bench.db import Server, fresh_database
 from bench.http_server import (
     HttpServer,
     create_command,
@@ -67,6 +69,9 @@ from bench.procfs import (
     url_port,
 )
 from bench.report import Result
+from bench.runs import command
+from shelltrail.actors import ProcessSupervisor, RunnerConfig, SupervisorLimits
+from shelltrail.eventstore import EventStore
 
 FLOOD_TARGET: Final = AtMost("absolute", 200.0)
 PER_RUN_TARGET: Final = AtMost("absolute", 100.0)
@@ -421,14 +426,64 @@ async def raw_sleepers(runs: int) -> RawSleepers:
     return RawSleepers(idle, running, seconds)
 
 
+async def supervisor_stop_once(server: Server, runs: int) -> float:
+    """Seconds for ``ProcessSupervisor.stop_run`` to end ``runs`` sleeping runs, in process.
+
+    The same 1,000 sleepers as above without the HTTP layer: the actors' own share of a
+    mass stop (signal, reap, the sweep, ``Killed`` stored), as the ``runs`` benchmark
+    measures starts. Timed from the first ``stop_run`` until every run's last event is
+    committed (``wait_finished``).
+    """
+    async with fresh_database(server, "stop") as url:
+        store = await EventStore.open(url, node="bench")
+        try:
+            with tempfile.TemporaryDirectory(prefix="shelltrail-bench-stop-") as tmp:
+                supervisor = ProcessSupervisor(
+                    store,
+                    RunnerConfig(node="bench", runs_dir=Path(tmp)),
+                    SupervisorLimits(max_running=runs, max_queued=runs),
+                )
+                await supervisor.start()
+                try:
+                    sleep = command("sleep 600")
+                    ids = [(await supervisor.start_run(sleep))[0].stream_id for _ in range(runs)]
+                    deadline = time.monotonic() + 120
+                    while (
+                        await store.pool.fetchval(
+                            "SELECT count(*) FROM processes WHERE status = 'running'"
+                        )
+                        < runs
+                    ):
+                        if time.monotonic() > deadline:
+                            raise RuntimeError("the sleepers did not all start in 120 s")
+                        await asyncio.sleep(0.05)
+                    started = time.perf_counter()
+                    for process_id in ids:
+                        await supervisor.stop_run(process_id, grace_seconds=10)
+                    await asyncio.gather(*(supervisor.wait_finished(p) for p in ids))
+                    seconds = time.perf_counter() - started
+                    killed = await store.pool.fetchval(
+                        "SELECT count(*) FROM processes WHERE status = 'killed'"
+                    )
+                    if killed != runs:
+                        raise RuntimeError(f"{killed} of {runs} runs ended killed")
+                    return seconds
+                finally:
+                    await supervisor.shutdown(grace_seconds=1)
+        finally:
+            await store.close()
+
+
 async def sleepers(
     server: Server, *, repeat: int, runs: int = 1000, stop_concurrency: int = 100
 ) -> list[Result]:
     subject: list[Sleepers] = []
     baseline: list[RawSleepers] = []
+    in_process: list[float] = []
 
     async def subject_run() -> float:
         subject.append(await sleepers_once(server, runs, stop_concurrency))
+        in_process.append(await supervisor_stop_once(server, runs))
         return 0.0
 
     async def baseline_run() -> float:
@@ -486,5 +541,17 @@ async def sleepers(
             baseline_samples=[b.stop_seconds for b in baseline],
             target=STOP_TARGET,
             notes=stop_notes,
+        ),
+        CeilingResult(
+            name=f"sleepers: stop {runs} runs through the supervisor, until every Killed is stored",
+            unit="s",
+            samples=in_process,
+            baseline_name="killpg + reap in a raw process",
+            baseline_samples=[b.stop_seconds for b in baseline],
+            target=STOP_TARGET,
+            notes=[
+                "ProcessSupervisor.stop_run (TERM, grace 10 s) for each run in the benchmark's "
+                "own process, until wait_finished for all: the actors without the HTTP layer",
+            ],
         ),
     ]

@@ -36,7 +36,7 @@ from shelltrail.domain import (
     script_sha256,
 )
 from shelltrail.domain.events import StopReason
-from shelltrail.eventstore import EventStore, StoredEvent
+from shelltrail.eventstore import EventStore, EventStoreError, StoredEvent
 
 log = structlog.get_logger(__name__)
 
@@ -325,8 +325,15 @@ class ProcessSupervisor:
         ]
         try:
             await self._store.append(spec.process_id, events, expected_version=spec.version)
-        finally:
-            self._mark_ended(spec.process_id)
+        except BaseException:
+            # Nothing was stored (the store gave up on this append): the run is still
+            # queued, as its events say, and stays this server's to start or stop.
+            if not self._closing:
+                self._queue[spec.process_id] = spec
+                self._queue.move_to_end(spec.process_id, last=False)
+                self._start_waiting()
+            raise
+        self._mark_ended(spec.process_id)
 
     async def wait_finished(self, process_id: uuid.UUID) -> None:
         """Wait until a run accepted here has ended and its last events are committed."""
@@ -341,7 +348,15 @@ class ProcessSupervisor:
         queued = list(self._queue.values())
         self._queue.clear()
         for spec in queued:
-            await self._cancel_queued(spec, signals.SIGTERM, grace, "shutdown", None)
+            try:
+                await self._cancel_queued(spec, signals.SIGTERM, grace, "shutdown", None)
+            except EventStoreError as exc:  # the next start closes it as lost
+                log.error(
+                    "could not record a queued run's end",
+                    process_id=str(spec.process_id),
+                    error=str(exc),
+                )
+                self._mark_ended(spec.process_id)
         handles = list(self._running.values())
         for handle in handles:
             handle.tell(Stop(signal=signals.SIGTERM, grace_seconds=grace, reason="shutdown"))

@@ -254,6 +254,12 @@ class Sweeper:
                 # Every live descendant of an ended run descends from an orphan adopted by
                 # this process: with none adopted, there is nothing to look for.
                 adopted = adopted_children() if self._subreaper else None
+                if adopted:
+                    # Orphans that have died are reaped first. A zombie has no descendants
+                    # (they were re-parented to us when it died), so only live orphans can
+                    # hide what a run left behind; a mass stop leaves many dead ones.
+                    self._reaper.reap()
+                    adopted = adopted_children()
                 killed = kill_marked({marker for marker, _ in batch}) if adopted != [] else 0
                 if killed:
                     # They were orphans, re-parented to us: reap them now. Orphans that

@@ -291,6 +291,11 @@ class EventWriter:
         return len(self._queue)
 
     @property
+    def cached_streams(self) -> int:
+        """Streams whose chain head or folded state the writer keeps: the unfinished ones."""
+        return len(self._heads.keys() | self._states.keys())
+
+    @property
     def failure(self) -> str | None:
         """Why appends are not being stored now (see :func:`describe_failure`), else None."""
         exc = self._current_failure()
@@ -516,6 +521,12 @@ class EventWriter:
         if len(self._states) > 100_000:  # a cache, not a registry
             self._states.clear()
         self._states.update(states)
+        # A run that has ended rarely gets another event (a deletion, read back from the
+        # log when it comes): forget it, so the caches hold the live runs, not every run ever.
+        for sid, state in states.items():
+            if state.is_terminal:
+                del self._states[sid]
+                self._heads.pop(sid, None)
         return attempt.outcomes
 
     @staticmethod

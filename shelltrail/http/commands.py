@@ -24,7 +24,7 @@ from shelltrail.http.context import STORE, json_response, path_id, principal_nam
 from shelltrail.http.models import Command, CommandIn, CommandVersionOut, Page, Problem
 from shelltrail.http.problems import HTTPProblem, not_found, parse_query, read_body
 from shelltrail.http.queries import ListQuery, decode_keyset, encode_keyset
-from shelltrail.http.routes import Response, Route
+from shelltrail.http.routes import CANNOT_STORE, Response, Route
 
 PREFIX = "/api/v1/commands"
 
@@ -166,7 +166,11 @@ ROUTES = [
         "commands",
         Role.ADMIN,
         body=CommandIn,
-        responses={201: Response("The command, at version 1.", Command), **_BODY_ERRORS},
+        responses={
+            201: Response("The command, at version 1.", Command),
+            **_BODY_ERRORS,
+            503: CANNOT_STORE,
+        },
         headers={"Location": "URL of the new command"},
     ),
     Route(
@@ -201,6 +205,7 @@ ROUTES = [
             **_COMMAND_ERRORS,
             409: Response("The command changed meanwhile.", Problem),
             **_BODY_ERRORS,
+            503: CANNOT_STORE,
         },
     ),
     Route(
@@ -223,6 +228,10 @@ ROUTES = [
         "Delete a command (its processes stay)",
         "commands",
         Role.ADMIN,
-        responses={204: Response("Deleted (or already deleted)."), **_COMMAND_ERRORS},
+        responses={
+            204: Response("Deleted (or already deleted)."),
+            **_COMMAND_ERRORS,
+            503: CANNOT_STORE,
+        },
     ),
 ]

@@ -32,7 +32,7 @@ from shelltrail.http.queries import (
     decode_keyset,
     encode_keyset,
 )
-from shelltrail.http.routes import Response, Route
+from shelltrail.http.routes import CANNOT_STORE, Response, Route
 
 PREFIX: Final = "/api/v1/processes"
 SIGNALS: Final = {
@@ -264,7 +264,11 @@ ROUTES = [
             404: Response("No such command (or it was deleted).", Problem),
             409: Response("The process started with this Idempotency-Key was deleted.", Problem),
             429: Response("Too many runs are queued; retry after Retry-After.", Problem),
-            503: Response("The server is shutting down.", Problem),
+            503: Response(
+                "The server is shutting down, or events cannot be stored now (nothing was "
+                "stored; retry after Retry-After).",
+                Problem,
+            ),
             **_BODY_ERRORS,
         },
         headers={"Location": "URL of the new process"},
@@ -311,6 +315,7 @@ ROUTES = [
             **_PROCESS_ERRORS,
             409: Response("The process has already ended.", Problem),
             **_BODY_ERRORS,
+            503: CANNOT_STORE,
         },
     ),
     Route(
@@ -320,6 +325,11 @@ ROUTES = [
         "Delete a process (stopping it first if it runs)",
         "processes",
         Role.ADMIN,
-        responses={204: Response("Deleted (or already deleted)."), **_PROCESS_ERRORS},
+        responses={
+            204: Response("Deleted (or already deleted)."),
+            **_PROCESS_ERRORS,
+            409: Response("The process did not end in time; try again.", Problem),
+            503: CANNOT_STORE,
+        },
     ),
 ]

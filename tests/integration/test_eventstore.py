@@ -13,6 +13,7 @@ import pytest
 from shelltrail.domain import (
     CommandCreated,
     CommandUpdated,
+    Deleted,
     Exited,
     OutputChunk,
     Queued,
@@ -28,6 +29,7 @@ from shelltrail.eventstore import (
 )
 from shelltrail.eventstore.audit import verify_all, verify_stream
 from tests.conftest import TEST_NODE
+from tests.strategies import sample_process_history
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -371,3 +373,23 @@ async def test_followers_see_other_nodes_events_after_the_listener_drops(
         await asyncio.wait_for(follower, 5)
     finally:
         await other.close()
+
+
+async def test_the_writer_forgets_streams_that_ended(store: EventStore) -> None:
+    """The writer's per-stream caches hold unfinished runs only, however many have ended;
+    a later event of an ended stream (a deletion) still appends at the right version."""
+    history = sample_process_history()
+    ended = [uuid.uuid4() for _ in range(30)]
+    running = [uuid.uuid4() for _ in range(5)]
+    for sid in ended:
+        for version, event in enumerate(history):
+            await store.append(sid, [event], expected_version=version)
+    for sid in running:
+        await store.append(sid, history[:2], expected_version=0)
+    assert store.writer.cached_streams == len(running)
+    deleted = await store.append(
+        ended[0], [Deleted(requested_by="tester")], expected_version=len(history)
+    )
+    assert deleted[0].version == len(history) + 1
+    async with store.pool.acquire() as conn:
+        assert (await verify_stream(conn, ended[0])).verified

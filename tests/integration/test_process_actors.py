@@ -12,6 +12,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from shelltrail.actors import (
 )
 from shelltrail.actors.tree import find_marked
 from shelltrail.eventstore import EventStore
+from shelltrail.eventstore.writer import StoreUnavailable
 from tests.conftest import TEST_NODE
 from tests.integration.runs import Runs, last, no_survivors, output
 
@@ -235,6 +237,36 @@ async def test_a_queued_run_can_be_stopped(store: EventStore, tmp_path: Path) ->
         assert row is not None
         assert (row["status"], row["stop_reason"], row["started_at"]) == ("killed", "user", None)
         await supervisor.stop_run(blocker, grace_seconds=0)
+    finally:
+        await supervisor.shutdown(grace_seconds=1)
+
+
+async def test_a_stop_that_cannot_be_stored_leaves_the_run_queued(
+    store: EventStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queued run whose stop the store gave up on (database down, the request timed out)
+    stays queued here, as its events say: it still starts, and can still be stopped."""
+    config = RunnerConfig(node=TEST_NODE, runs_dir=tmp_path / "runs")
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits(max_running=1))
+    await supervisor.start()
+    runs = Runs(store, supervisor)
+    try:
+        blocker = await runs.start("echo ready; sleep 1000")
+        waiting = await runs.start("echo ran")
+        await runs.wait_for_output(blocker, b"ready")
+        real_append = store.append
+
+        async def give_up(*args: Any, **kwargs: Any) -> Any:
+            monkeypatch.setattr(store, "append", real_append)  # only this once
+            raise StoreUnavailable("the event log cannot store this now; nothing was stored")
+
+        monkeypatch.setattr(store, "append", give_up)
+        with pytest.raises(StoreUnavailable):
+            await supervisor.stop_run(waiting)
+        assert supervisor.queued_count == 1
+        await supervisor.stop_run(blocker, grace_seconds=0)
+        events = await runs.wait(waiting)
+        assert (last(events).type, output(events)) == ("Exited", b"ran\n")
     finally:
         await supervisor.shutdown(grace_seconds=1)
 
