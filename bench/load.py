@@ -443,9 +443,9 @@ async def mixed(
                     f"{sampler.mean_between(t, t + window):.1f}"
                     for t in range(0, int(seconds - window) + 1, int(window))
                 ),
-                f"runs started by then: {runs:,} in all (warm-up included); the writer keeps "
-                "a head and a state per stream it has written (a cache emptied at 100,000 "
-                "streams), and the SSE message cache holds up to 4,096 messages",
+                f"runs started by then: {runs:,} in all (warm-up included); the writer "
+                "caches unfinished streams only, and the SSE message cache holds up to "
+                "4,096 messages",
             ],
         ),
         CeilingResult(
