@@ -53,6 +53,8 @@ log = structlog.get_logger(__name__)
 
 NOTIFY_CHANNEL: Final = "shelltrail_events"
 _NOTIFY_LIMIT: Final = 7900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
+#: A batch carrying at least this many bytes is prepared (encoded and hashed) in a thread.
+_PREPARE_IN_THREAD_BYTES: Final = 1024 * 1024
 #: The columns the writer fills (the rest are defaults: position, tx_id).
 INSERT_COLUMNS: Final = [
     "stream_id",
@@ -499,7 +501,15 @@ class EventWriter:
                 await self._load_heads(
                     conn, {p.stream_id for p in batch if p.expected_version != 0}
                 )
-                attempt = self._prepare(batch, streams)
+                heads = {sid: self._heads[sid] for sid in streams if sid in self._heads}
+                if sum(p.nbytes for p in batch) >= _PREPARE_IN_THREAD_BYTES:
+                    # Hashing megabytes of output would hold the event loop, and every
+                    # request waiting on it, for milliseconds; hashlib releases the GIL, so
+                    # a thread does it beside the loop. The batch's streams are in no other
+                    # transaction, so their heads cannot change meanwhile.
+                    attempt = await asyncio.to_thread(_prepare, batch, heads)
+                else:
+                    attempt = _prepare(batch, heads)
                 attempts.append(attempt)
             states: dict[uuid.UUID, ProcessState] = {}
             if attempt.records:
@@ -536,73 +546,6 @@ class EventWriter:
             "SELECT hash FROM events WHERE stream_id = $1 AND version = $2", stream_id, version
         )
         return bool(found == digest)
-
-    def _prepare(self, batch: list[_Pending], streams: set[uuid.UUID]) -> _Attempt:
-        """Versions, times and hashes of a batch's events, from the stream heads."""
-        heads = {sid: self._heads[sid] for sid in streams if sid in self._heads}
-        outcomes: list[list[StoredEvent] | BaseException] = []
-        records: list[tuple[Any, ...]] = []
-        recorded: list[tuple[str, Recorded]] = []
-        now = datetime.now(UTC)
-        for pending in batch:
-            version, previous = heads.get(pending.stream_id, (0, GENESIS_HASH))
-            expected = pending.expected_version
-            if expected is not None and expected != version:
-                outcomes.append(ConcurrencyError(pending.stream_id, expected, version))
-                continue
-            stored = []
-            for event, (type_name, data, payload) in zip(
-                pending.events, pending.encoded, strict=True
-            ):
-                version += 1
-                data_json = canonical_json(data)
-                previous = event_hash(
-                    previous,
-                    stream_id=pending.stream_id,
-                    version=version,
-                    type_name=type_name,
-                    data_json=data_json,
-                    recorded_at=now,
-                    payload=payload,
-                )
-                stored.append(
-                    StoredEvent(
-                        stream_id=pending.stream_id,
-                        stream_type=pending.stream_type,
-                        version=version,
-                        type=type_name,
-                        data=data,
-                        payload=payload,
-                        recorded_at=now,
-                        hash=previous,
-                    )
-                )
-                records.append(
-                    (
-                        pending.stream_id,
-                        pending.stream_type,
-                        version,
-                        type_name,
-                        data_json,
-                        payload,
-                        now,
-                        previous,
-                    )
-                )
-                recorded.append(
-                    (
-                        pending.stream_type,
-                        Recorded(
-                            stream_id=pending.stream_id,
-                            version=version,
-                            recorded_at=now,
-                            event=event,
-                        ),
-                    )
-                )
-            heads[pending.stream_id] = (version, previous)
-            outcomes.append(stored)
-        return _Attempt(heads=heads, outcomes=outcomes, records=records, recorded=recorded)
 
     async def _load_heads(self, conn: Connection, stream_ids: set[uuid.UUID]) -> None:
         missing = [sid for sid in stream_ids if sid not in self._heads]
@@ -653,6 +596,75 @@ class EventWriter:
         self.batches_committed += 1
         if published:
             self._publish(published)
+
+
+def _prepare(batch: list[_Pending], heads: dict[uuid.UUID, tuple[int, bytes]]) -> _Attempt:
+    """Versions, times and hashes of a batch's events, from the stream heads it is given.
+
+    A pure function of its arguments (``heads`` is a copy, updated here): it may run in a
+    thread beside the event loop.
+    """
+    outcomes: list[list[StoredEvent] | BaseException] = []
+    records: list[tuple[Any, ...]] = []
+    recorded: list[tuple[str, Recorded]] = []
+    now = datetime.now(UTC)
+    for pending in batch:
+        version, previous = heads.get(pending.stream_id, (0, GENESIS_HASH))
+        expected = pending.expected_version
+        if expected is not None and expected != version:
+            outcomes.append(ConcurrencyError(pending.stream_id, expected, version))
+            continue
+        stored = []
+        for event, (type_name, data, payload) in zip(pending.events, pending.encoded, strict=True):
+            version += 1
+            data_json = canonical_json(data)
+            previous = event_hash(
+                previous,
+                stream_id=pending.stream_id,
+                version=version,
+                type_name=type_name,
+                data_json=data_json,
+                recorded_at=now,
+                payload=payload,
+            )
+            stored.append(
+                StoredEvent(
+                    stream_id=pending.stream_id,
+                    stream_type=pending.stream_type,
+                    version=version,
+                    type=type_name,
+                    data=data,
+                    payload=payload,
+                    recorded_at=now,
+                    hash=previous,
+                )
+            )
+            records.append(
+                (
+                    pending.stream_id,
+                    pending.stream_type,
+                    version,
+                    type_name,
+                    data_json,
+                    payload,
+                    now,
+                    previous,
+                )
+            )
+            recorded.append(
+                (
+                    pending.stream_type,
+                    Recorded(
+                        stream_id=pending.stream_id,
+                        version=version,
+                        recorded_at=now,
+                        event=event,
+                    ),
+                )
+            )
+        heads[pending.stream_id] = (version, previous)
+        outcomes.append(stored)
+    return _Attempt(heads=heads, outcomes=outcomes, records=records, recorded=recorded)
 
 
 @contextlib.asynccontextmanager
