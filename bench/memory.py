@@ -37,17 +37,15 @@ import asyncio
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 import aiohttp
 
 from bench.ceiling import AtMost, CeilingResult
-from bench.db import Server, fresh_database
+from bench.db import Server
 from bench.http_server import (
     HttpServer,
     create_command,
@@ -69,9 +67,8 @@ from bench.procfs import (
     url_port,
 )
 from bench.report import Result
-from bench.runs import command
-from shelltrail.actors import ProcessSupervisor, RunnerConfig, SupervisorLimits
-from shelltrail.eventstore import EventStore
+from bench.runs import bench_supervisor, command
+from shelltrail.actors import SupervisorLimits
 
 FLOOD_TARGET: Final = AtMost("absolute", 200.0)
 PER_RUN_TARGET: Final = AtMost("absolute", 100.0)
@@ -434,44 +431,27 @@ async def supervisor_stop_once(server: Server, runs: int) -> float:
     measures starts. Timed from the first ``stop_run`` until every run's last event is
     committed (``wait_finished``).
     """
-    async with fresh_database(server, "stop") as url:
-        store = await EventStore.open(url, node="bench")
-        try:
-            with tempfile.TemporaryDirectory(prefix="shelltrail-bench-stop-") as tmp:
-                supervisor = ProcessSupervisor(
-                    store,
-                    RunnerConfig(node="bench", runs_dir=Path(tmp)),
-                    SupervisorLimits(max_running=runs, max_queued=runs),
-                )
-                await supervisor.start()
-                try:
-                    sleep = command("sleep 600")
-                    ids = [(await supervisor.start_run(sleep))[0].stream_id for _ in range(runs)]
-                    deadline = time.monotonic() + 120
-                    while (
-                        await store.pool.fetchval(
-                            "SELECT count(*) FROM processes WHERE status = 'running'"
-                        )
-                        < runs
-                    ):
-                        if time.monotonic() > deadline:
-                            raise RuntimeError("the sleepers did not all start in 120 s")
-                        await asyncio.sleep(0.05)
-                    started = time.perf_counter()
-                    for process_id in ids:
-                        await supervisor.stop_run(process_id, grace_seconds=10)
-                    await asyncio.gather(*(supervisor.wait_finished(p) for p in ids))
-                    seconds = time.perf_counter() - started
-                    killed = await store.pool.fetchval(
-                        "SELECT count(*) FROM processes WHERE status = 'killed'"
-                    )
-                    if killed != runs:
-                        raise RuntimeError(f"{killed} of {runs} runs ended killed")
-                    return seconds
-                finally:
-                    await supervisor.shutdown(grace_seconds=1)
-        finally:
-            await store.close()
+    limits = SupervisorLimits(max_running=runs, max_queued=runs)
+    async with bench_supervisor(server, "stop", limits) as (store, supervisor):
+        sleep = command("sleep 600")
+        ids = [(await supervisor.start_run(sleep))[0].stream_id for _ in range(runs)]
+        deadline = time.monotonic() + 120
+        while (
+            await store.pool.fetchval("SELECT count(*) FROM processes WHERE status = 'running'")
+            < runs
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sleepers did not all start in 120 s")
+            await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        for process_id in ids:
+            await supervisor.stop_run(process_id, grace_seconds=10)
+        await asyncio.gather(*(supervisor.wait_finished(p) for p in ids))
+        seconds = time.perf_counter() - started
+        killed = await store.pool.fetchval("SELECT count(*) FROM processes WHERE status = 'killed'")
+        if killed != runs:
+            raise RuntimeError(f"{killed} of {runs} runs ended killed")
+        return seconds
 
 
 async def sleepers(

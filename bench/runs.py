@@ -14,6 +14,8 @@ import asyncio
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,31 +76,44 @@ async def xargs_runs(runs: int) -> float:
     return runs / (time.perf_counter() - started)
 
 
-async def run(server: Server, *, repeat: int, runs: int) -> Result:
-    async with fresh_database(server, "runs") as url:
+@asynccontextmanager
+async def bench_supervisor(
+    server: Server, name: str, limits: SupervisorLimits
+) -> AsyncIterator[tuple[EventStore, ProcessSupervisor]]:
+    """A started supervisor on a fresh database and a temporary runs directory.
+
+    Shut down on leaving (runs still alive get a 1 s grace), then the store is closed.
+    """
+    async with fresh_database(server, name) as url:
         store = await EventStore.open(url, node="bench")
-        with tempfile.TemporaryDirectory(prefix="shelltrail-bench-runs-") as tmp:
-            supervisor = ProcessSupervisor(
-                store,
-                RunnerConfig(node="bench", runs_dir=Path(tmp)),
-                SupervisorLimits(max_running=IN_FLIGHT, max_queued=runs),
-            )
-            await supervisor.start()
-            try:
-                await shelltrail_runs(supervisor, min(runs, 200))  # warm up
-
-                async def nothing() -> None:
-                    return None
-
-                subject, baseline = await alternate(
-                    repeat,
-                    lambda: shelltrail_runs(supervisor, runs),
-                    lambda: xargs_runs(runs),
-                    nothing,
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"shelltrail-bench-{name}-") as tmp:
+                supervisor = ProcessSupervisor(
+                    store, RunnerConfig(node="bench", runs_dir=Path(tmp)), limits
                 )
-            finally:
-                await supervisor.shutdown()
-                await store.close()
+                await supervisor.start()
+                try:
+                    yield store, supervisor
+                finally:
+                    await supervisor.shutdown(grace_seconds=1)
+        finally:
+            await store.close()
+
+
+async def run(server: Server, *, repeat: int, runs: int) -> Result:
+    limits = SupervisorLimits(max_running=IN_FLIGHT, max_queued=runs)
+    async with bench_supervisor(server, "runs", limits) as (_, supervisor):
+        await shelltrail_runs(supervisor, min(runs, 200))  # warm up
+
+        async def nothing() -> None:
+            return None
+
+        subject, baseline = await alternate(
+            repeat,
+            lambda: shelltrail_runs(supervisor, runs),
+            lambda: xargs_runs(runs),
+            nothing,
+        )
     return Result(
         name=f"runs of `true`, {IN_FLIGHT} in flight",
         unit="runs/s",
