@@ -57,7 +57,15 @@ from bench.http_server import (
     sse_messages,
     start_process,
 )
-from bench.procfs import MIB, OTHER_SOCKET, RssSampler, back_to, quiet_snapshot, url_port
+from bench.procfs import (
+    MIB,
+    OTHER_SOCKET,
+    RssSampler,
+    Snapshot,
+    back_to,
+    quiet_snapshot,
+    url_port,
+)
 from bench.report import Result, Target
 
 SHORT_LINES: Final = 20
@@ -358,6 +366,30 @@ NO_LEAK_TARGET: Final = AtMost("ratio", 1.0)
 NO_ERROR_TARGET: Final = Target("ratio", 1.0)
 
 
+async def warm_up(
+    served: HttpServer,
+    warm: Tally,
+    *,
+    clients: int,
+    seconds: float,
+    seeds: int,
+    deadline_seconds: float = 60.0,
+) -> tuple[str, Snapshot]:
+    """Create the short command, seed ``seeds`` runs and load the server for ``seconds``
+    (filling its pools, starting its helper threads); then the quiet server's snapshot.
+
+    Returns the command's id and the snapshot that later counts are compared with.
+    """
+    async with served.session() as session:
+        command_id = await create_command(session, served, SHORT_SCRIPT)
+        await seed_runs(session, served, command_id, warm, seeds)
+        await run_load(session, served, command_id, warm, [(clients, MIXED)], seconds=seconds)
+    snapshot = await quiet_snapshot(
+        served.pid, http_port=url_port(served.base), deadline_seconds=deadline_seconds
+    )
+    return command_id, snapshot
+
+
 async def mixed(
     server: Server,
     *,
@@ -370,13 +402,9 @@ async def mixed(
     tally = Tally()
     async with shelltrail_server(server, "load_mixed") as served:
         port = url_port(served.base)
-        async with served.session() as session:
-            command_id = await create_command(session, served, SHORT_SCRIPT)
-            await seed_runs(session, served, command_id, warm, 10)
-            await run_load(
-                session, served, command_id, warm, [(clients, MIXED)], seconds=warm_up_seconds
-            )
-        before = await quiet_snapshot(served.pid, http_port=port)
+        command_id, before = await warm_up(
+            served, warm, clients=clients, seconds=warm_up_seconds, seeds=10
+        )
         tally.known = list(warm.known)
         server_cpu, client_cpu = served.cpu_seconds(), time.process_time()
         async with served.session() as session, RssSampler(served.pid, 0.5) as sampler:

@@ -12,21 +12,20 @@ from __future__ import annotations
 import pytest
 
 from bench.db import Server
-from bench.http_server import create_command, shelltrail_server
+from bench.http_server import shelltrail_server
 from bench.load import (
     FOLLOW,
     MIXED,
     OUTPUT,
     RUN,
-    SHORT_SCRIPT,
     START,
     STATUS,
     Tally,
     run_load,
-    seed_runs,
     unfinished_runs,
+    warm_up,
 )
-from bench.procfs import back_to, quiet_snapshot, url_port
+from bench.procfs import back_to, url_port
 
 pytestmark = pytest.mark.load
 
@@ -43,14 +42,10 @@ async def test_mixed_load_fails_no_request_ends_every_run_and_leaks_nothing(
     warm, tally = Tally(), Tally()
     async with shelltrail_server(server, "load_test") as served:
         port = url_port(served.base)
-        async with served.session() as session:
-            command_id = await create_command(session, served, SHORT_SCRIPT)
-            await seed_runs(session, served, command_id, warm, 5)
-            # Fill the connection pools and start the helper threads before the baseline.
-            await run_load(
-                session, served, command_id, warm, [(CLIENTS, MIXED)], seconds=WARM_UP_SECONDS
-            )
-        before = await quiet_snapshot(served.pid, http_port=port, deadline_seconds=30)
+        # Fill the connection pools and start the helper threads before the baseline.
+        command_id, before = await warm_up(
+            served, warm, clients=CLIENTS, seconds=WARM_UP_SECONDS, seeds=5, deadline_seconds=30
+        )
 
         tally.known = list(warm.known)
         async with served.session() as session:
