@@ -42,8 +42,9 @@ SIGNALS: Final = {
     "KILL": signals.SIGKILL,
 }
 _MAX_IDEMPOTENCY_KEY: Final = 255
-#: How long DELETE waits for a running process to end after SIGKILL.
-_DELETE_WAIT: Final = 30.0
+#: How long a request waits for a run of this server to end and store its last events:
+#: DELETE after its SIGKILL, and a stop that found the run's actor already gone.
+_END_WAIT: Final = 30.0
 
 
 def process_out(state: ProcessState) -> Process:
@@ -195,7 +196,7 @@ async def stop(request: web.Request) -> web.Response:
         # A run of this server that has just ended: its actor is gone, and its last events
         # may still be on their way to the log. Let them land before saying which it is.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(request.app[SUPERVISOR].wait_finished(state.id), _DELETE_WAIT)
+            await asyncio.wait_for(request.app[SUPERVISOR].wait_finished(state.id), _END_WAIT)
         current = await get_process(request.app[STORE].pool, state.id)
         if current is not None and current.is_terminal:
             raise HTTPProblem(409, f"the process has already ended ({current.status})")
@@ -220,7 +221,7 @@ async def delete(request: web.Request) -> web.Response:
             requested_by=principal_name(request),
         )
         try:
-            await asyncio.wait_for(supervisor.wait_finished(state.id), _DELETE_WAIT)
+            await asyncio.wait_for(supervisor.wait_finished(state.id), _END_WAIT)
         except TimeoutError:
             raise HTTPProblem(409, "the process did not end in time; try again") from None
     for _ in range(3):
