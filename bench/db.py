@@ -66,18 +66,18 @@ async def bench_server(url: str | None = None) -> AsyncIterator[Server]:
 async def fresh_database(server: Server, purpose: str) -> AsyncIterator[str]:
     """URL of a new, migrated database (with the raw baseline table); dropped afterwards."""
     name = f"bench_{purpose}_{uuid.uuid4().hex[:8]}"
-    await _admin(server.admin_url, f'CREATE DATABASE "{name}"')
+    await admin_execute(server.admin_url, f'CREATE DATABASE "{name}"')
     url = with_database(server.admin_url, name)
     try:
         await migrate_database(url)
-        await _admin(
+        await admin_execute(
             url,
             f"CREATE TABLE {RAW_TABLE} (LIKE events INCLUDING DEFAULTS INCLUDING IDENTITY "
             "INCLUDING CONSTRAINTS INCLUDING INDEXES)",
         )
         yield url
     finally:
-        await _admin(server.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_execute(server.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def settle(conn: asyncpg.Connection) -> None:
@@ -90,7 +90,8 @@ async def settle(conn: asyncpg.Connection) -> None:
         await conn.execute("CHECKPOINT")
 
 
-async def _admin(url: str, sql: str) -> None:
+async def admin_execute(url: str, sql: str) -> None:
+    """Run one statement (CREATE or DROP DATABASE) on its own connection to ``url``."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(sql)

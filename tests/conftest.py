@@ -15,9 +15,9 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
+from bench.db import admin_execute
 from shelltrail.bootstrap import migrate_database, with_database
 from shelltrail.eventstore import EventStore
 from shelltrail.eventstore.embedded import EmbeddedPostgres
@@ -44,34 +44,26 @@ def server_url() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def template_db(server_url: str) -> Iterator[str]:
     """A migrated database that each test's database is cloned from."""
     name = f"shelltrail_template_{os.getpid()}"
-    asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}"'))
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    asyncio.run(admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}"'))
+    asyncio.run(admin_execute(server_url, f'CREATE DATABASE "{name}"'))
     asyncio.run(migrate_database(with_database(server_url, name)))
     yield name
-    asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
 async def database_url(server_url: str, template_db: str) -> AsyncIterator[str]:
     """URL of a fresh, migrated database of this test's own."""
     name = f"shelltrail_test_{uuid.uuid4().hex[:12]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    await admin_execute(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     try:
         yield with_database(server_url, name)
     finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -87,11 +79,11 @@ async def store(database_url: str) -> AsyncIterator[EventStore]:
 def empty_database_url(server_url: str) -> Iterator[str]:
     """URL of a database with no tables at all (migrations not applied)."""
     name = f"shelltrail_empty_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    asyncio.run(admin_execute(server_url, f'CREATE DATABASE "{name}"'))
     try:
         yield with_database(server_url, name)
     finally:
-        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def repo_root() -> Path:
@@ -108,8 +100,8 @@ def _quiet_logs() -> None:
 def database_url_sync(server_url: str, template_db: str) -> Iterator[str]:
     """Like ``database_url``, for tests that run no event loop of their own."""
     name = f"shelltrail_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    asyncio.run(admin_execute(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
     try:
         yield with_database(server_url, name)
     finally:
-        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
