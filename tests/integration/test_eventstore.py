@@ -26,6 +26,7 @@ from shelltrail.eventstore import (
     GlobalPosition,
     StoreClosed,
     WriterLimits,
+    create_pool,
 )
 from shelltrail.eventstore.audit import verify_all, verify_stream
 from tests.conftest import TEST_NODE
@@ -393,3 +394,26 @@ async def test_the_writer_forgets_streams_that_ended(store: EventStore) -> None:
     assert deleted[0].version == len(history) + 1
     async with store.pool.acquire() as conn:
         assert (await verify_stream(conn, ended[0])).verified
+
+
+async def test_pool_returns_connections_without_a_reset_round_trip(database_url: str) -> None:
+    """Release costs no query of its own, and still ends a transaction left open."""
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            await conn.execute("BEGIN")  # left open on purpose
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == pid  # the same session
+            assert not conn.is_in_transaction()
+        observer = await asyncpg.connect(database_url)
+        try:
+            last_query = await observer.fetchval(
+                "SELECT query FROM pg_stat_activity WHERE pid = $1", pid
+            )
+        finally:
+            await observer.close()
+        # asyncpg's default release runs "RESET ALL; UNLISTEN *; ..." and that would show.
+        assert last_query == "SELECT pg_backend_pid()"
+    finally:
+        await pool.close()
