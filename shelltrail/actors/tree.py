@@ -2,11 +2,14 @@
 
 Each run's processes carry ``SHELLTRAIL_PROCESS_ID=<id>`` in their environment (as build
 servers mark their jobs), so descendants that left the run's process group (``setsid``,
-double fork) are still found by scanning ``/proc``.
+double fork) are still found in ``/proc``.
 
 The server makes itself a *child subreaper*: orphans of a run are re-parented to it instead
 of to PID 1 (which, in containers and sandboxes, may never reap them), and
-:class:`OrphanReaper` reaps them. Processes the actors spawned themselves are reaped by
+:class:`OrphanReaper` reaps them. So once a run's main process has ended, whatever it left
+alive is below an orphan the server adopted, and only that part of ``/proc`` is searched;
+the whole of it only where the server could not become a subreaper, and at start for the
+runs of a crashed server. Processes the actors spawned themselves are reaped by
 their actor (with their exit status and resource use); the reaper leaves those alone.
 """
 
@@ -19,7 +22,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Final
 
 import structlog
@@ -57,29 +60,42 @@ def _read_marker(pid: str) -> str | None:
     return value.decode(errors="replace")
 
 
-def find_marked(markers: Collection[str]) -> dict[int, str]:
-    """Live processes whose marker is one of ``markers``: pid → marker."""
+def find_marked(markers: Collection[str], *, among: Iterable[int] | None = None) -> dict[int, str]:
+    """Live processes whose marker is one of ``markers``: pid → marker.
+
+    Looks at every process of the machine, or only at the pids ``among``.
+    """
     found: dict[int, str] = {}
     if not markers:
         return found
     own = os.getpid()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == own:
+    pids = (
+        (int(e.name) for e in os.scandir("/proc") if e.name.isdigit()) if among is None else among
+    )
+    for pid in pids:
+        if pid == own:
             continue
-        marker = _read_marker(entry.name)
+        marker = _read_marker(str(pid))
         if marker is not None and marker in markers:
-            found[int(entry.name)] = marker
+            found[pid] = marker
     return found
 
 
-def kill_marked(markers: Collection[str], *, rounds: int = 10) -> int:
+def kill_marked(
+    markers: Collection[str],
+    *,
+    among: Callable[[], Iterable[int]] | None = None,
+    rounds: int = 10,
+) -> int:
     """SIGKILL every live process carrying one of ``markers``; return how many were killed.
 
-    Repeats until a scan finds none, so a process forking while being killed is caught too.
+    ``among`` limits the search to the pids it returns (asked again each round); without
+    it, every process of the machine is looked at. Repeats until a look finds none, so a
+    process forking while being killed is caught too.
     """
     killed = 0
     for _ in range(rounds):
-        found = find_marked(markers)
+        found = find_marked(markers, among=among() if among is not None else None)
         if not found:
             break
         for pid in found:
@@ -140,7 +156,10 @@ class OrphanReaper:
 
     def reap(self) -> int:
         """Reap every unowned zombie child; return how many."""
-        zombies = _zombie_children()
+        adopted = adopted_children()
+        # waitpid(WNOHANG) on an adopted orphan reaps it if it has died and does nothing
+        # otherwise: one system call each, where reading its state would take three.
+        zombies = adopted if adopted is not None else _zombie_children()
         if not zombies:
             return 0
         reaped = 0
@@ -176,6 +195,37 @@ def adopted_children() -> list[int] | None:
         return None
 
 
+def descendants(roots: Iterable[int]) -> list[int]:
+    """``roots`` and every process below them, from ``/proc/<pid>/task/*/children``.
+
+    A process that has gone meanwhile simply has no children.
+    """
+    found: list[int] = []
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        found.append(pid)
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except OSError:
+                continue
+    return found
+
+
+def _adopted_and_below() -> list[int]:
+    return descendants(adopted_children() or [])
+
+
 def _zombie_children() -> list[int]:
     own = os.getpid()
     candidates = adopted_children()
@@ -199,10 +249,11 @@ def _zombie_children() -> list[int]:
 
 
 class Sweeper:
-    """Kills what runs left behind and reaps it, sharing one ``/proc`` scan among many runs.
+    """Kills what runs left behind and reaps it, sharing one search among many runs.
 
-    A scan costs about a millisecond; with hundreds of runs ending per second, one thread
-    scans at most every ``min_interval`` seconds for every request that arrived meanwhile,
+    A search reaps the adopted orphans that have died, then reads the marker of every live
+    process below the adopted ones. With hundreds of runs ending per second, one thread
+    searches at most every ``min_interval`` seconds for every request that arrived meanwhile,
     and wakes each requester alone. :meth:`sweep` is thread-safe and blocks its caller (an
     actor thread) until a scan that began after the request has finished.
     """
@@ -218,7 +269,10 @@ class Sweeper:
         self._thread.start()
 
     def sweep(self, marker: str) -> None:
-        """Return once no process marked ``marker`` is alive (and orphans are reaped)."""
+        """Return once no process marked ``marker`` is alive (and orphans are reaped).
+
+        Call it after the run's main process has ended and been reaped.
+        """
         if self._subreaper and adopted_children() == []:
             return  # nothing was adopted, so nothing of any ended run lives on
         done = threading.Event()
@@ -251,16 +305,7 @@ class Sweeper:
                 batch.append(request)
             last_scan = time.monotonic()
             try:
-                # Every live descendant of an ended run descends from an orphan adopted by
-                # this process: with none adopted, there is nothing to look for.
-                adopted = adopted_children() if self._subreaper else None
-                if adopted:
-                    # Orphans that have died are reaped first. A zombie has no descendants
-                    # (they were re-parented to us when it died), so only live orphans can
-                    # hide what a run left behind; a mass stop leaves many dead ones.
-                    self._reaper.reap()
-                    adopted = adopted_children()
-                killed = kill_marked({marker for marker, _ in batch}) if adopted != [] else 0
+                killed = self._kill_leftovers({marker for marker, _ in batch})
                 if killed:
                     # They were orphans, re-parented to us: reap them now. Orphans that
                     # ended on their own are reaped by the periodic reap.
@@ -272,3 +317,18 @@ class Sweeper:
                 done.set()
             if closing:
                 return
+
+    def _kill_leftovers(self, markers: set[str]) -> int:
+        """Kill what the runs ``markers`` left alive; return how many processes."""
+        if not self._subreaper:
+            return kill_marked(markers)  # orphans went elsewhere: look at every process
+        adopted = adopted_children()
+        if adopted is None:  # the kernel does not list children
+            return kill_marked(markers)
+        if adopted:
+            # Orphans that have died are reaped first; a mass stop leaves many of them.
+            self._reaper.reap()
+        # The run's main process is gone, so whatever it left alive was re-parented to
+        # this process (the subreaper) or descends from something that was: look below
+        # the adopted orphans only, not at every process of the machine.
+        return kill_marked(markers, among=_adopted_and_below)
