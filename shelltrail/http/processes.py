@@ -201,9 +201,11 @@ async def stop(request: web.Request) -> web.Response:
         if current is not None and current.is_terminal:
             raise HTTPProblem(409, f"the process has already ended ({current.status})")
         raise HTTPProblem(409, f"the process is owned by node {state.node!r}, not this one")
-    current = await get_process(request.app[STORE].pool, state.id)
-    assert current is not None
-    return json_response(process_out(current), status=202)
+    if state.status == "queued":  # cancelled at once: its Killed is already stored
+        state = await get_process(request.app[STORE].pool, state.id) or state
+    # A running process as read just before: its actor has yet to record the request, so
+    # reading it again would show nothing more.
+    return json_response(process_out(state), status=202)
 
 
 async def delete(request: web.Request) -> web.Response:
