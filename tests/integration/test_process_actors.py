@@ -23,7 +23,7 @@ from shelltrail.actors import (
     RunnerConfig,
     SupervisorLimits,
 )
-from shelltrail.actors.tree import find_marked
+from shelltrail.actors.tree import descendants, find_marked, kill_marked
 from shelltrail.eventstore import EventStore
 from shelltrail.eventstore.writer import StoreUnavailable
 from tests.conftest import TEST_NODE
@@ -497,3 +497,48 @@ async def test_a_relative_runs_directory_works(
         await supervisor.shutdown()
     assert output(events) == b"found\n"
     assert last(events).data["exit_code"] == 5
+
+
+def test_the_search_below_given_processes_finds_and_kills_only_marked_ones() -> None:
+    """`descendants` walks a process tree; `kill_marked(among=…)` kills inside it alone."""
+    mine, other = str(uuid.uuid4()), str(uuid.uuid4())
+    tree = "sleep 1000 & (sleep 1001 & wait) & echo ready; wait"
+
+    def spawn(marker: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            ["bash", "-c", tree],
+            env={"PATH": os.environ["PATH"], MARKER: marker},
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        return proc
+
+    def whole_tree(pid: int) -> list[int]:
+        """bash, its sleep, the subshell and the subshell's sleep, once all four exist."""
+        deadline = time.monotonic() + 10
+        while len(below := descendants([pid])) < 4:
+            assert time.monotonic() < deadline, below
+            time.sleep(0.01)
+        return below
+
+    target, bystander = spawn(mine), spawn(other)
+    try:
+        bystanders = whole_tree(bystander.pid)
+        below = whole_tree(target.pid)
+        assert below[0] == target.pid
+        assert set(find_marked({mine}, among=below)) == set(below)
+        assert find_marked({other}, among=below) == {}
+
+        killed = kill_marked({mine, other}, among=lambda: descendants([target.pid]))
+        assert killed >= 4
+        assert target.wait(10) == -signal.SIGKILL
+        assert bystander.poll() is None  # not below the given process: untouched
+        assert set(find_marked({other})) == set(bystanders)
+    finally:
+        for proc in (target, bystander):
+            if proc.poll() is None:
+                kill_marked({mine, other})
+                proc.wait(10)
+            assert proc.stdout is not None
+            proc.stdout.close()
