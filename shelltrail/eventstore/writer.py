@@ -154,6 +154,54 @@ class WriterLimits:
     #: Transactions committing at once (each stream in at most one): commits wait on the
     #: disk's flush, and PostgreSQL flushes concurrent commits together.
     concurrent_transactions: int = 4
+    #: A thread's append of at least ``bulk_bytes`` (a run printing fast) first waits this
+    #: long while requests are being answered (see :class:`Foreground`); 0 turns it off.
+    bulk_yield_seconds: float = 0.005
+    bulk_bytes: int = 32 * 1024
+
+
+class Foreground:
+    """Tells whether requests are being answered, the work that bulk output yields to.
+
+    A run printing as fast as it can takes the event loop's time for every byte it stores
+    (the COPY), and PostgreSQL's and the actors' share of the CPU; beside it, requests
+    took four to six times as long as on an idle server. While the foreground is busy, a
+    thread's bulk append waits ``bulk_yield_seconds`` before it is queued: the run's actor
+    stops reading, the pipe fills, the script blocks (back-pressure), and the flood takes
+    what the requests leave. With no request for ``RECENT_SECONDS``, output is stored at
+    full speed.
+
+    A request spends most of its time in queues outside its handler (the socket, the
+    loop's ready list), so "being answered" also covers the moments just after one: busy
+    while anything counts or something stopped counting less than ``RECENT_SECONDS`` ago.
+
+    :meth:`enter` and the release it returns run on the event loop; threads read
+    :attr:`busy`.
+    """
+
+    RECENT_SECONDS: Final = 0.05
+
+    def __init__(self) -> None:
+        self.active = 0
+        self._last_done = float("-inf")
+
+    @property
+    def busy(self) -> bool:
+        return self.active > 0 or time.monotonic() - self._last_done < self.RECENT_SECONDS
+
+    def enter(self) -> Callable[[], None]:
+        """Count one piece of work; call the result (once or more) when it is done."""
+        self.active += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.active -= 1
+                self._last_done = time.monotonic()
+
+        return release
 
 
 class EventWriter:
@@ -197,6 +245,9 @@ class EventWriter:
         self.events_committed = 0
         self.payload_bytes_committed = 0
         self.commit_seconds_total = 0.0
+        #: Bulk appends from threads that waited for foreground work (see Foreground).
+        self.bulk_appends_held = 0
+        self.foreground = Foreground()
 
     def start(self) -> None:
         """Call on the event loop."""
@@ -264,6 +315,11 @@ class EventWriter:
             raise ValueError("all events of one append must belong to one kind of stream")
         encoded = [encode(e) for e in events]
         nbytes = sum(len(p) if p is not None else 200 for _, _, p in encoded)
+        if from_thread and nbytes >= self._limits.bulk_bytes and self.foreground.busy:
+            pause = self._limits.bulk_yield_seconds
+            if pause > 0:
+                self.bulk_appends_held += 1  # threads only: a lost increment is harmless
+                time.sleep(pause)
         pending = _Pending(
             stream_id, stream_type, expected_version, events, nbytes, from_thread, resolve, encoded
         )

@@ -20,6 +20,7 @@ from shelltrail.eventstore.writer import APPEND_TIMEOUT, StoreUnavailable
 from shelltrail.http import commands, processes, streams
 from shelltrail.http.auth import Principal, Role, TokenRegistry
 from shelltrail.http.context import (
+    FOREGROUND_DONE,
     METRICS,
     PRINCIPAL,
     STORE,
@@ -146,7 +147,7 @@ def create_app(
 ) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[_request_log, _problems],
+        middlewares=[_request_log, _foreground, _problems],
         handler_args={"max_line_size": MAX_QUERY_BYTES, "max_field_size": MAX_QUERY_BYTES},
     )
     app[STORE] = store
@@ -252,6 +253,17 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         return problem_response(500, "the server failed to answer this request")
     finally:
         APPEND_TIMEOUT.reset(timeout)
+
+
+@web.middleware
+async def _foreground(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the request as foreground work until it is answered (or starts streaming)."""
+    done = request.app[STORE].writer.foreground.enter()
+    request[FOREGROUND_DONE] = done
+    try:
+        return await handler(request)
+    finally:
+        done()
 
 
 @web.middleware

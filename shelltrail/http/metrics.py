@@ -52,6 +52,11 @@ class _RuntimeCollector(Collector):
             writer.queued_appends,
         )
         yield CounterMetricFamily(
+            "shelltrail_bulk_appends_held",
+            "Bulk output appends that waited for requests being answered (flood control).",
+            writer.bulk_appends_held,
+        )
+        yield CounterMetricFamily(
             "shelltrail_runs_started", "Runs accepted by this server.", supervisor.runs_accepted
         )
         yield CounterMetricFamily(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -417,3 +418,44 @@ async def test_pool_returns_connections_without_a_reset_round_trip(database_url:
         assert last_query == "SELECT pg_backend_pid()"
     finally:
         await pool.close()
+
+
+async def test_bulk_appends_from_threads_yield_to_foreground_work(store: EventStore) -> None:
+    """While requests are answered, a thread's bulk append waits; small ones never do."""
+    writer = store.writer
+    sid = uuid.uuid4()
+    await store.append(sid, [queued(), started()], expected_version=0)
+    bulk, small = bytes(writer._limits.bulk_bytes), b"one line\n"
+
+    def append_in_thread(offset: int, data: bytes, version: int) -> float:
+        began = time.perf_counter()
+        future = store.append_from_thread(sid, [chunk(offset, data)], expected_version=version)
+        queued_after = time.perf_counter() - began
+        future.result(timeout=30)
+        return queued_after
+
+    # Nothing in the foreground: no append is held.
+    await asyncio.to_thread(append_in_thread, 0, bulk, 2)
+    assert writer.bulk_appends_held == 0
+
+    release = writer.foreground.enter()
+    try:
+        waited = await asyncio.to_thread(append_in_thread, len(bulk), bulk, 3)
+        assert writer.bulk_appends_held == 1
+        assert waited >= writer._limits.bulk_yield_seconds
+        await asyncio.to_thread(append_in_thread, 2 * len(bulk), small, 4)
+        assert writer.bulk_appends_held == 1  # small output is never held
+        await store.append(sid, [chunk(2 * len(bulk) + len(small), bulk)], expected_version=5)
+        assert writer.bulk_appends_held == 1  # nor the loop's own appends
+    finally:
+        release()
+        release()  # idempotent: counted once, released once
+    assert writer.foreground.active == 0
+    assert writer.foreground.busy  # a request just answered: still busy for a moment
+    deadline = time.monotonic() + 5
+    while writer.foreground.busy:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    await asyncio.to_thread(append_in_thread, 3 * len(bulk) + len(small), bulk, 6)
+    assert writer.bulk_appends_held == 1
+    assert await store.stream_version(sid) == 7

@@ -121,3 +121,81 @@ async def test_a_client_that_leaves_releases_its_subscription(
             break
         await asyncio.sleep(0.02)
     assert store.hub.follower_count == 0
+
+
+async def test_requests_count_as_foreground_until_answered_or_streaming(
+    api: Client, store: EventStore
+) -> None:
+    """Each request counts while it is answered; a stream stops counting once it streams."""
+    foreground = store.writer.foreground
+    process_id = uuid.uuid4()
+    await store.append(
+        process_id,
+        [
+            Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="x", node=TEST_NODE),
+            Started(pid=1, pgid=1, node=TEST_NODE, started_at=NOW),
+        ],
+        expected_version=0,
+    )
+    path = f"/api/v1/processes/{process_id}"
+    answered = [
+        await api.get(path, headers=auth("viewer")),
+        await api.get(path),  # 401
+        await api.get(f"/api/v1/processes/{uuid.uuid4()}", headers=auth("viewer")),  # 404
+        await api.post(path + "/stop", data=b"{", headers=auth("operator")),  # 415
+    ]
+    assert [r.status for r in answered] == [200, 401, 404, 415]
+    assert foreground.active == 0
+    sse = {**auth("viewer"), "Accept": "text/event-stream"}
+    async with (
+        api.get(path + "/events", headers=sse) as events,
+        api.get(path + "/output?follow=true", headers=auth("viewer")) as output,
+    ):
+        assert (events.status, output.status) == (200, 200)
+        assert (await events.content.readline()).startswith(b"id: 1")
+        # Both run on (the process has not ended) and neither holds output back.
+        assert foreground.active == 0
+    assert foreground.active == 0
+
+
+async def test_the_foreground_middleware_counts_while_the_handler_runs(
+    api: Client, store: EventStore
+) -> None:
+    """Counted during the handler, also when it fails; released early by a stream."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from shelltrail.http.app import _foreground
+    from shelltrail.http.context import streaming_now
+
+    foreground = store.writer.foreground
+    seen: list[int] = []
+
+    async def answers(request: web.Request) -> web.StreamResponse:
+        seen.append(foreground.active)
+        return web.Response()
+
+    async def fails(request: web.Request) -> web.StreamResponse:
+        seen.append(foreground.active)
+        raise RuntimeError("boom")
+
+    async def streams(request: web.Request) -> web.StreamResponse:
+        seen.append(foreground.active)
+        streaming_now(request)
+        seen.append(foreground.active)
+        streaming_now(request)  # a second call changes nothing
+        seen.append(foreground.active)
+        return web.Response()
+
+    app = api.app
+    assert app is not None
+
+    def request() -> web.Request:
+        return make_mocked_request("GET", "/", app=app)
+
+    await _foreground(request(), answers)
+    with pytest.raises(RuntimeError):
+        await _foreground(request(), fails)
+    await _foreground(request(), streams)
+    assert seen == [1, 1, 1, 0, 0]
+    assert foreground.active == 0
