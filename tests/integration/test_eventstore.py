@@ -451,9 +451,13 @@ async def test_bulk_appends_from_threads_yield_to_foreground_work(store: EventSt
         release()
         release()  # idempotent: counted once, released once
     assert writer.foreground.active == 0
-    assert writer.foreground.busy  # a request just answered: still busy for a moment
+
+    def busy() -> bool:
+        return writer.foreground.busy
+
+    assert busy()  # a request just answered: still busy for a moment
     deadline = time.monotonic() + 5
-    while writer.foreground.busy:
+    while busy():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
     await asyncio.to_thread(append_in_thread, 3 * len(bulk) + len(small), bulk, 6)
