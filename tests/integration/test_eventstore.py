@@ -463,3 +463,31 @@ async def test_bulk_appends_from_threads_yield_to_foreground_work(store: EventSt
     await asyncio.to_thread(append_in_thread, 3 * len(bulk) + len(small), bulk, 6)
     assert writer.bulk_appends_held == 1
     assert await store.stream_version(sid) == 7
+
+
+async def test_an_idle_writer_gives_memory_back_after_a_flood(store: EventStore) -> None:
+    """After 64 MiB of output, once nothing waits, the writer trims the heap; not before."""
+    writer = store.writer
+    sid = uuid.uuid4()
+    await store.append(sid, [queued(), started()], expected_version=0)
+    piece = bytes(range(256)) * 256  # 64 KiB
+
+    def flood(pieces: int, offset: int, version: int) -> None:
+        futures = [
+            store.append_from_thread(
+                sid, [chunk(offset + i * len(piece), piece)], expected_version=version + i
+            )
+            for i in range(pieces)
+        ]
+        for f in futures:
+            f.result(timeout=60)
+
+    await asyncio.to_thread(flood, 512, 0, 2)  # 32 MiB
+    assert writer.memory_trims == 0
+    await asyncio.to_thread(flood, 512, 512 * len(piece), 514)  # 64 MiB in all
+    deadline = time.monotonic() + 10
+    while writer.memory_trims == 0:  # the last batch may still be finishing
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert writer.memory_trims == 1
+    assert await store.stream_version(sid) == 2 + 1024
