@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,7 +21,6 @@ from shelltrail.eventstore.writer import APPEND_TIMEOUT, StoreUnavailable
 from shelltrail.http import commands, processes, streams
 from shelltrail.http.auth import Principal, Role, TokenRegistry
 from shelltrail.http.context import (
-    FOREGROUND_DONE,
     METRICS,
     PRINCIPAL,
     STORE,
@@ -154,6 +154,7 @@ def create_app(
     app[SUPERVISOR] = supervisor
     app[TOKENS] = tokens
     app[METRICS] = Metrics(store, supervisor)
+    app.on_response_prepare.append(_answered)
     routes = [*OPS_ROUTES, *API_ROUTES]
     for route in routes:
         app.router.add_route(route.method, route.path, _guarded(route))
@@ -255,14 +256,30 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         APPEND_TIMEOUT.reset(timeout)
 
 
+#: Ends the request's count as foreground work (``EventWriter.foreground``); idempotent.
+_FOREGROUND_DONE: Final[web.RequestKey[Callable[[], None]]] = web.RequestKey("foreground_done")
+
+
 @web.middleware
 async def _foreground(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count the request as foreground work until it is answered (or starts streaming)."""
     done = request.app[STORE].writer.foreground.enter()
-    request[FOREGROUND_DONE] = done
+    request[_FOREGROUND_DONE] = done
     try:
         return await handler(request)
     finally:
+        done()
+
+
+async def _answered(request: web.Request, _response: web.StreamResponse) -> None:
+    """The response's headers go out (``on_response_prepare``): no longer foreground.
+
+    For most requests the middleware has released them already. A stream (SSE, a followed
+    output, a replay) goes on for as long as its client follows; still counted, a follower
+    would hold every flood back for as long as it watched.
+    """
+    done = request.get(_FOREGROUND_DONE)
+    if done is not None:
         done()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 from aiohttp import web
@@ -20,8 +20,6 @@ SUPERVISOR: Final = web.AppKey("supervisor", ProcessSupervisor)
 TOKENS: Final = web.AppKey("tokens", TokenRegistry)
 METRICS: Final = web.AppKey("metrics", Metrics)
 PRINCIPAL: Final = web.RequestKey("principal", Principal)
-#: Ends the request's count as foreground work (``EventWriter.foreground``); idempotent.
-FOREGROUND_DONE: Final[web.RequestKey[Callable[[], None]]] = web.RequestKey("foreground_done")
 
 
 def json_response(
@@ -41,17 +39,6 @@ def path_id(request: web.Request, what: str) -> uuid.UUID:
         return uuid.UUID(request.match_info["id"])
     except ValueError:
         raise not_found(f"this {what}") from None
-
-
-def streaming_now(request: web.Request) -> None:
-    """The response's headers are sent and it streams from here on: no longer foreground.
-
-    A stream lasts as long as its client follows; counted, a follower would hold every
-    flood back for as long as it watched.
-    """
-    done = request.get(FOREGROUND_DONE)
-    if done is not None:
-        done()
 
 
 def principal(request: web.Request) -> Principal | None:

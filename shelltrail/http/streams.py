@@ -21,7 +21,7 @@ from shelltrail.domain.events import TERMINAL_EVENT_TYPES
 from shelltrail.eventstore import StoredEvent
 from shelltrail.eventstore.queries import first_chunk_version, read_output
 from shelltrail.http.auth import Role
-from shelltrail.http.context import STORE, json_response, streaming_now
+from shelltrail.http.context import STORE, json_response
 from shelltrail.http.models import EventItem, EventPage, Problem
 from shelltrail.http.problems import HTTPProblem, parse_query
 from shelltrail.http.processes import PREFIX, live_process
@@ -72,7 +72,6 @@ async def _open_sse(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    streaming_now(request)
     return response
 
 
@@ -130,7 +129,6 @@ async def output(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    streaming_now(request)
     if state.is_terminal:
         position = query.offset
         while data := await read_output(

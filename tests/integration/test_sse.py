@@ -165,8 +165,7 @@ async def test_the_foreground_middleware_counts_while_the_handler_runs(
     from aiohttp import web
     from aiohttp.test_utils import make_mocked_request
 
-    from shelltrail.http.app import _foreground
-    from shelltrail.http.context import streaming_now
+    from shelltrail.http.app import _answered, _foreground
 
     foreground = store.writer.foreground
     seen: list[int] = []
@@ -181,9 +180,9 @@ async def test_the_foreground_middleware_counts_while_the_handler_runs(
 
     async def streams(request: web.Request) -> web.StreamResponse:
         seen.append(foreground.active)
-        streaming_now(request)
+        await _answered(request, web.StreamResponse())  # its headers go out
         seen.append(foreground.active)
-        streaming_now(request)  # a second call changes nothing
+        await _answered(request, web.StreamResponse())  # a second time changes nothing
         seen.append(foreground.active)
         return web.Response()
 
