@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import resource
 import signal
@@ -18,6 +17,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from shelltrail import allocator
 from shelltrail.actors import ProcessSupervisor, RunnerConfig, SupervisorLimits
 from shelltrail.config import Settings, redact_url
 from shelltrail.eventstore import DatabaseUnavailable, EventStore, init_connection
@@ -117,7 +117,7 @@ async def serve(settings: Settings) -> None:
     the grace period, write every pending event, stop the embedded database.
     """
     _raise_open_file_limit()
-    _fix_malloc_thresholds()
+    allocator.fix_thresholds()
     tokens, generated = TokenRegistry.from_settings(settings.tokens, settings.data_dir)
     if not tokens.configured and not _is_loopback(settings.host):
         raise TokenConfigError(
@@ -180,35 +180,6 @@ def _raise_open_file_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-#: mallopt(3) parameters, from glibc's <malloc.h>.
-_M_TRIM_THRESHOLD: Final = -1
-_M_MMAP_THRESHOLD: Final = -3
-_MALLOC_THRESHOLD_BYTES: Final = 128 * 1024
-
-
-def _fix_malloc_thresholds() -> bool:
-    """Keep glibc from holding on to memory the server has freed; False where not glibc.
-
-    By default glibc raises its mmap threshold each time a large block is freed, up to
-    32 MiB, so later output buffers (64 KiB to a few MiB) come from the heap instead of
-    their own mappings; the heap then fragments and is not given back. Under steady load
-    the server's RSS crept up by a quarter in a minute (docs/benchmarks.md, load-mixed).
-    Fixed thresholds (glibc's own defaults, without the dynamic raise) keep large blocks
-    in mappings returned on free, and trim the heap as it empties.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, _MALLOC_THRESHOLD_BYTES)
-        and mallopt(_M_TRIM_THRESHOLD, _MALLOC_THRESHOLD_BYTES)
-    )
 
 
 async def _wait_for_stop_signal() -> None:

@@ -159,8 +159,8 @@ class OrphanReaper:
         adopted = adopted_children()
         # waitpid(WNOHANG) on an adopted orphan reaps it if it has died and does nothing
         # otherwise: one system call each, where reading its state would take three.
-        zombies = adopted if adopted is not None else _zombie_children()
-        if not zombies:
+        candidates = adopted if adopted is not None else _zombie_children()
+        if not candidates:
             return 0
         reaped = 0
         with self._cond:
@@ -168,7 +168,7 @@ class OrphanReaper:
                 self._cond.wait()
             self._reaping = True
         try:
-            for pid in zombies:
+            for pid in candidates:
                 if pid in self._owned:
                     continue
                 with contextlib.suppress(ChildProcessError):

@@ -23,7 +23,6 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
-import ctypes
 import threading
 import time
 import uuid
@@ -35,6 +34,7 @@ from typing import Any, Final
 import asyncpg
 import structlog
 
+from shelltrail import allocator
 from shelltrail.domain import (
     DomainEvent,
     EventDecodeError,
@@ -667,22 +667,7 @@ class EventWriter:
             # A flood is through: hand the memory its buffers used back to the system.
             self._trimmed_at = self.payload_bytes_committed
             self.memory_trims += 1
-            self._loop.run_in_executor(None, give_back_free_memory)
-
-
-def give_back_free_memory() -> None:
-    """``malloc_trim(0)``: return the free pages of every glibc arena; nothing elsewhere.
-
-    Output buffers are allocated in the actors' threads and freed on the loop once
-    committed; the threads' arenas keep the freed pages (about 34 MiB after a flood, seen
-    in ``/proc/<pid>/smaps``) until something trims them.
-    """
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim.argtypes = (ctypes.c_size_t,)
-    trim(0)
+            self._loop.run_in_executor(None, allocator.give_back_free_memory)
 
 
 def _prepare(batch: list[_Pending], heads: dict[uuid.UUID, tuple[int, bytes]]) -> _Attempt:
