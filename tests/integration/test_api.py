@@ -535,6 +535,7 @@ async def test_metrics_move_when_runs_happen(api: Client) -> None:
     assert after["shelltrail_events_appended_total"] > before["shelltrail_events_appended_total"]
     assert after["shelltrail_output_bytes_total"] >= before["shelltrail_output_bytes_total"] + 8
     assert after['shelltrail_processes{status="succeeded"}'] == 1
+    assert after["shelltrail_bulk_appends_held_total"] == 0  # a line of output is no flood
     created = 'shelltrail_http_requests_total{method="POST",route="/api/v1/processes",status="201"}'
     assert after[created] == 1
 
