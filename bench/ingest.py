@@ -60,13 +60,17 @@ async def one_run(
 
 
 def _write_blob(path: Path, total: int) -> str:
-    """Random bytes for the script to print (outside the timing); returns their sha256."""
+    """Random bytes for the script to print, flushed to disk outside the timing; their sha256."""
     digest = hashlib.sha256()
     with path.open("wb") as f:
         for _ in range(total // MIB):
             block = os.urandom(MIB)
             digest.update(block)
             f.write(block)
+        # On disk before the timing starts: left dirty, the kernel writes it back during
+        # the first run and that run's commits wait behind it.
+        f.flush()
+        os.fsync(f.fileno())
     return digest.hexdigest()
 
 
