@@ -16,7 +16,7 @@ from typing import Final
 import asyncpg
 import structlog
 
-from shelltrail.domain import DomainEvent
+from shelltrail.domain import DomainEvent, ProcessState
 from shelltrail.eventstore.db import create_pool
 from shelltrail.eventstore.records import (
     EVENT_COLUMNS,
@@ -93,6 +93,14 @@ class EventStore:
     @property
     def writer(self) -> EventWriter:
         return self._writer
+
+    def live_state(self, process_id: uuid.UUID) -> ProcessState | None:
+        """An unfinished run's state as this server last stored it, without a query.
+
+        Only for runs this server writes, while they run (:meth:`EventWriter.live_state`);
+        ``None`` means: read the projection.
+        """
+        return self._writer.live_state(process_id)
 
     def _set_health(self, ok: bool) -> None:
         self.healthy = ok

@@ -350,6 +350,15 @@ class EventWriter:
         """Bytes submitted from threads and not yet written (the back-pressure gauge)."""
         return self._pending_bytes
 
+    def live_state(self, process_id: uuid.UUID) -> ProcessState | None:
+        """A process's state as this writer last committed it, while the run is unfinished.
+
+        ``None`` for a run that has ended, one this writer has not written since it started,
+        or one whose cached state was dropped (see :meth:`_remember`); read the projection
+        then. Runs on the loop, as the cache changes there.
+        """
+        return self._states.get(process_id)
+
     @property
     def queued_appends(self) -> int:
         return len(self._queue)
@@ -547,49 +556,60 @@ class EventWriter:
         hashes), unless the first of them is already stored: then the earlier COMMIT went
         through before the connection dropped, and the batch is done.
         """
-        async with self._pool.acquire() as conn, _ended_if_lost(conn), conn.transaction():
-            streams = {p.stream_id for p in batch}
-            if attempts:
-                attempt = attempts[0]
-                if attempt.records and await self._already_stored(conn, attempt):
-                    current.commit_sent = True  # stored already: never withdraw it now
-                    self._heads.update(attempt.heads)
-                    for sid in streams:
-                        self._states.pop(sid, None)  # re-read when next needed
-                    return attempt.outcomes
-            else:
-                # A request for a new stream (expected version 0) needs no lookup: if the
-                # stream exists after all, the insert fails on its unique version.
-                await self._load_heads(
-                    conn, {p.stream_id for p in batch if p.expected_version != 0}
-                )
-                heads = {sid: self._heads[sid] for sid in streams if sid in self._heads}
-                if sum(p.nbytes for p in batch) >= _PREPARE_IN_THREAD_BYTES:
-                    # Hashing megabytes of output would hold the event loop, and every
-                    # request waiting on it, for milliseconds; hashlib releases the GIL, so
-                    # a thread does it beside the loop. The batch's streams are in no other
-                    # transaction, so their heads cannot change meanwhile.
-                    attempt = await asyncio.to_thread(_prepare, batch, heads)
+        async with self._pool.acquire() as conn, _ended_if_lost(conn):
+            async with conn.transaction():
+                streams = {p.stream_id for p in batch}
+                if attempts:
+                    attempt = attempts[0]
+                    if attempt.records and await self._already_stored(conn, attempt):
+                        current.commit_sent = True  # stored already: never withdraw it now
+                        self._heads.update(attempt.heads)
+                        for sid in streams:
+                            self._states.pop(sid, None)  # re-read when next needed
+                        return attempt.outcomes
                 else:
-                    attempt = _prepare(batch, heads)
-                attempts.append(attempt)
-            states: dict[uuid.UUID, ProcessState] = {}
-            if attempt.records:
-                await conn.copy_records_to_table(
-                    "events", records=attempt.records, columns=INSERT_COLUMNS
-                )
-                states = await apply_inline(
-                    conn,
-                    attempt.recorded,
-                    {s: self._states[s] for s in streams if s in self._states},
-                )
-                await conn.execute(
-                    "SELECT pg_notify($1, $2)",
-                    NOTIFY_CHANNEL,
-                    self._notify_payload(attempt.heads, batch),
-                )
-            current.commit_sent = True  # leaving the block sends COMMIT
-        self._heads.update(attempt.heads)
+                    # A request for a new stream (expected version 0) needs no lookup: if the
+                    # stream exists after all, the insert fails on its unique version.
+                    await self._load_heads(
+                        conn, {p.stream_id for p in batch if p.expected_version != 0}
+                    )
+                    heads = {sid: self._heads[sid] for sid in streams if sid in self._heads}
+                    if sum(p.nbytes for p in batch) >= _PREPARE_IN_THREAD_BYTES:
+                        # Hashing megabytes of output would hold the event loop, and every
+                        # request waiting on it, for milliseconds; hashlib releases the GIL, so
+                        # a thread does it beside the loop. The batch's streams are in no other
+                        # transaction, so their heads cannot change meanwhile.
+                        attempt = await asyncio.to_thread(_prepare, batch, heads)
+                    else:
+                        attempt = _prepare(batch, heads)
+                    attempts.append(attempt)
+                states: dict[uuid.UUID, ProcessState] = {}
+                if attempt.records:
+                    await conn.copy_records_to_table(
+                        "events", records=attempt.records, columns=INSERT_COLUMNS
+                    )
+                    states = await apply_inline(
+                        conn,
+                        attempt.recorded,
+                        {s: self._states[s] for s in streams if s in self._states},
+                    )
+                    await conn.execute(
+                        "SELECT pg_notify($1, $2)",
+                        NOTIFY_CHANNEL,
+                        self._notify_payload(attempt.heads, batch),
+                    )
+                current.commit_sent = True  # leaving the block sends COMMIT
+            # Committed. The caches change before the connection goes back to the pool
+            # (its release lets other tasks run), so no reader of live_state() sees a
+            # state older than the one stored.
+            self._remember(attempt.heads, states)
+        return attempt.outcomes
+
+    def _remember(
+        self, heads: dict[uuid.UUID, tuple[int, bytes]], states: dict[uuid.UUID, ProcessState]
+    ) -> None:
+        """Cache what a batch committed: its streams' heads and processes' states."""
+        self._heads.update(heads)
         if len(self._states) > 100_000:  # a cache, not a registry
             self._states.clear()
         self._states.update(states)
@@ -599,7 +619,6 @@ class EventWriter:
             if state.is_terminal:
                 del self._states[sid]
                 self._heads.pop(sid, None)
-        return attempt.outcomes
 
     @staticmethod
     async def _already_stored(conn: Connection, attempt: _Attempt) -> bool:

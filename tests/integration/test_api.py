@@ -47,6 +47,18 @@ async def wait_done(api: Client, process_id: str) -> dict[str, Any]:
     return dict(await got.json())
 
 
+async def wait_for_stdout(api: Client, process_id: str, nbytes: int) -> dict[str, Any]:
+    """The process once its stored stdout holds ``nbytes`` (polled, for at most 10 s)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        got = await api.get(f"/api/v1/processes/{process_id}", headers=auth("viewer"))
+        process = dict(await got.json())
+        if process["stdout_bytes"] >= nbytes:
+            return process
+        assert asyncio.get_running_loop().time() < deadline, f"no output: {process}"
+        await asyncio.sleep(0.02)
+
+
 def sse_messages(text: str) -> list[dict[str, str]]:
     messages = []
     for block in text.split("\n\n"):
@@ -281,12 +293,15 @@ async def test_run_a_command_and_read_everything_about_it(api: Client) -> None:
 async def test_stop_a_running_process_and_conflict_after_the_end(api: Client) -> None:
     command = await create_command(api, "echo ready; sleep 1000 & wait")
     process = await start(api, command["id"])
+    before = await wait_for_stdout(api, process["id"], len(b"ready\n"))
     stop = await api.post(
         f"/api/v1/processes/{process['id']}/stop",
         json={"signal": "TERM", "grace_seconds": 1},
         headers=auth("operator"),
     )
     assert stop.status == 202
+    # The answer is the run as stored just before: what a GET showed, here "ready" printed.
+    assert (await stop.json()) == before
     done = await wait_done(api, process["id"])
     assert (done["status"], done["stop_reason"]) == ("killed", "user")
     again = await api.post(

@@ -30,6 +30,7 @@ from shelltrail.eventstore import (
     create_pool,
 )
 from shelltrail.eventstore.audit import verify_all, verify_stream
+from shelltrail.eventstore.queries import get_process
 from tests.conftest import TEST_NODE
 from tests.strategies import sample_process_history
 
@@ -322,6 +323,23 @@ async def test_projections_are_updated_in_the_appending_transaction(store: Event
         "SELECT version, script FROM command_versions WHERE command_id = $1 ORDER BY version", cid
     )
     assert [(v["version"], v["script"]) for v in versions] == [(1, "echo hi"), (2, "echo bye")]
+
+
+async def test_live_state_is_the_stored_projection_until_the_run_ends(store: EventStore) -> None:
+    """What the writer keeps of an unfinished run equals its projection row, event by event."""
+    pid = uuid.uuid4()
+    assert store.live_state(pid) is None  # never written here: read the projection
+    history = sample_process_history()
+    for version, event in enumerate(history):
+        await store.append(pid, [event], expected_version=version)
+        stored = await get_process(store.pool, pid)
+        assert stored is not None
+        assert stored.version == version + 1
+        if stored.is_terminal:
+            assert store.live_state(pid) is None
+        else:
+            assert store.live_state(pid) == stored
+    assert version + 1 == len(history)
 
 
 async def test_hash_chain_detects_a_changed_payload_byte(store: EventStore) -> None:
