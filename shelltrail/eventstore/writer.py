@@ -158,9 +158,11 @@ class WriterLimits:
     #: disk's flush, and PostgreSQL flushes concurrent commits together.
     concurrent_transactions: int = 4
     #: A thread's append of at least ``bulk_bytes`` (a run printing fast) first waits this
-    #: long while requests are being answered (see :class:`Foreground`); 0 turns it off.
+    #: long per ``bulk_yield_unit`` bytes it carries (at least once) while requests are
+    #: being answered (see :class:`Foreground`); 0 turns it off.
     bulk_yield_seconds: float = 0.005
     bulk_bytes: int = 32 * 1024
+    bulk_yield_unit: int = 64 * 1024
 
 
 class Foreground:
@@ -169,9 +171,9 @@ class Foreground:
     A run printing as fast as it can takes the event loop's time for every byte it stores
     (the COPY), and PostgreSQL's and the actors' share of the CPU; beside it, requests
     took four to six times as long as on an idle server. While the foreground is busy, a
-    thread's bulk append waits ``bulk_yield_seconds`` before it is queued: the run's actor
-    stops reading, the pipe fills, the script blocks (back-pressure), and the flood takes
-    what the requests leave. With no request for ``RECENT_SECONDS``, output is stored at
+    thread's bulk append waits ``bulk_yield_seconds`` per 64 KiB before it is queued: the
+    run's actor stops reading, the pipe fills, the script blocks (back-pressure), and the
+    flood takes what the requests leave. With no request for ``RECENT_SECONDS``, output is stored at
     full speed.
 
     A request spends most of its time in queues outside its handler (the socket, the
@@ -322,7 +324,8 @@ class EventWriter:
         encoded = [encode(e) for e in events]
         nbytes = sum(len(p) if p is not None else 200 for _, _, p in encoded)
         if from_thread and nbytes >= self._limits.bulk_bytes and self.foreground.busy:
-            pause = self._limits.bulk_yield_seconds
+            units = max(1, round(nbytes / self._limits.bulk_yield_unit))
+            pause = self._limits.bulk_yield_seconds * units
             if pause > 0:
                 self.bulk_appends_held += 1  # threads only: a lost increment is harmless
                 time.sleep(pause)

@@ -465,6 +465,12 @@ async def test_bulk_appends_from_threads_yield_to_foreground_work(store: EventSt
         assert writer.bulk_appends_held == 1  # small output is never held
         await store.append(sid, [chunk(2 * len(bulk) + len(small), bulk)], expected_version=5)
         assert writer.bulk_appends_held == 1  # nor the loop's own appends
+        # A larger append waits in proportion: 4 x 64 KiB, four pauses.
+        at = 3 * len(bulk) + len(small)
+        big = bytes(4 * writer._limits.bulk_yield_unit)
+        waited = await asyncio.to_thread(append_in_thread, at, big, 6)
+        assert writer.bulk_appends_held == 2
+        assert waited >= 4 * writer._limits.bulk_yield_seconds
     finally:
         release()
         release()  # idempotent: counted once, released once
@@ -478,9 +484,9 @@ async def test_bulk_appends_from_threads_yield_to_foreground_work(store: EventSt
     while busy():
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
-    await asyncio.to_thread(append_in_thread, 3 * len(bulk) + len(small), bulk, 6)
-    assert writer.bulk_appends_held == 1
-    assert await store.stream_version(sid) == 7
+    await asyncio.to_thread(append_in_thread, at + len(big), bulk, 7)
+    assert writer.bulk_appends_held == 2
+    assert await store.stream_version(sid) == 8
 
 
 async def test_an_idle_writer_gives_memory_back_after_a_flood(store: EventStore) -> None:

@@ -23,6 +23,7 @@ from shelltrail.actors import (
     RunnerConfig,
     SupervisorLimits,
 )
+from shelltrail.actors.process_actor import _FLOOD_PIPE_BYTES
 from shelltrail.actors.tree import descendants, find_marked, kill_marked
 from shelltrail.eventstore import EventStore
 from shelltrail.eventstore.writer import StoreUnavailable
@@ -476,8 +477,9 @@ async def test_a_flooding_script_is_held_back_by_the_writer(
             await asyncio.sleep(0.001)
         events = await runs.wait(pid)
         assert len(output(events)) == 30_000_000
-        # One append may be admitted into an empty queue whatever its size: a chunk of 64 KiB.
-        assert 0 < peak <= limit + 65536
+        # One append may be admitted into an empty queue whatever its size: what one read
+        # of a flooding run's grown pipe brings, a MiB.
+        assert 0 < peak <= limit + _FLOOD_PIPE_BYTES
     finally:
         await supervisor.shutdown()
         await store.close()
