@@ -30,11 +30,16 @@ from shelltrail.eventstore import (
     create_pool,
 )
 from shelltrail.eventstore.audit import verify_all, verify_stream
+from shelltrail.eventstore.projections import _UPDATE_COUNTS
 from shelltrail.eventstore.queries import get_process
 from tests.conftest import TEST_NODE
 from tests.strategies import sample_process_history
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+#: HOT updates of ``processes`` by the current transaction.
+_HOT_UPDATES = "SELECT pg_stat_get_xact_tuples_hot_updated('processes'::regclass)"
 
 
 def queued() -> Queued:
@@ -340,6 +345,20 @@ async def test_live_state_is_the_stored_projection_until_the_run_ends(store: Eve
         else:
             assert store.live_state(pid) == stored
     assert version + 1 == len(history)
+
+
+async def test_output_counts_are_updated_in_place(store: EventStore) -> None:
+    """Counting output rewrites a process row on its own page, touching no index (HOT)."""
+    pids = [uuid.uuid4() for _ in range(200)]  # several pages of rows
+    await asyncio.gather(*(store.append(pid, [queued()], expected_version=0) for pid in pids))
+    chosen = pids[::20]
+    n = len(chosen)
+    async with store.pool.acquire() as conn, conn.transaction():
+        await conn.execute(_UPDATE_COUNTS, chosen, [1] * n, [0] * n, [2] * n)
+        assert await conn.fetchval(_HOT_UPDATES) == n
+    async with store.pool.acquire() as conn:
+        options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'processes'")
+    assert "fillfactor=70" in options
 
 
 async def test_hash_chain_detects_a_changed_payload_byte(store: EventStore) -> None:
