@@ -19,6 +19,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -50,6 +51,9 @@ _READ_SIZE: Final = 65536
 #: this much at a time: a run printing as fast as it can then costs one read, one wake-up
 #: and one append per MiB instead of per 64 KiB.
 _FLOOD_PIPE_BYTES: Final = 1024 * 1024
+#: Pipes grown at once, server-wide. Each costs a MiB that its actor may hold beyond the
+#: writer's bound while it waits to append, and 256 pages of the user's pipe quota.
+_GROWN_PIPES: Final = threading.BoundedSemaphore(16)
 #: The longest single wait in the actor's loop, in seconds (see ``_next_wakeup``).
 _LONGEST_WAIT: Final = 3600.0
 
@@ -119,7 +123,8 @@ class _StreamBuffer:
     captured_at: datetime | None = None
     open: bool = True
     read_size: int = _READ_SIZE
-    grown: bool = False  # tried to grow the pipe already
+    may_grow: bool = True  # not tried yet
+    grown: bool = False  # holds one of _GROWN_PIPES
 
 
 class ProcessActor(pykka.ThreadingActor):
@@ -307,8 +312,13 @@ class ProcessActor(pykka.ThreadingActor):
             data = os.read(buffer.fd, buffer.read_size)
         except BlockingIOError:
             return
-        if len(data) == _READ_SIZE and not buffer.grown:
-            _grow_pipe(buffer)
+        if len(data) >= _READ_SIZE:  # the script writes faster than it is read
+            if buffer.may_grow:
+                _grow_pipe(buffer)
+            if buffer.grown:
+                buffer.read_size = _FLOOD_PIPE_BYTES
+        else:  # back to small reads: each read of a MiB allocates (and maps) a MiB
+            buffer.read_size = _READ_SIZE
         if not data:
             buffer.open = False
             assert self._selector is not None
@@ -330,6 +340,7 @@ class ProcessActor(pykka.ThreadingActor):
             buffer.first_byte_at = time.monotonic()
             buffer.captured_at = _now()
         buffer.pending += data
+        del data  # not held while the flush may wait for the writer
         if len(buffer.pending) >= self._config.chunk_bytes:
             self._flush([buffer])
 
@@ -340,19 +351,19 @@ class ProcessActor(pykka.ThreadingActor):
             if not buffer.pending:
                 continue
             assert buffer.captured_at is not None
-            data = bytes(buffer.pending)
-            for start in range(0, len(data), size):
-                piece = data[start : start + size]
-                chunks.append(
-                    OutputChunk(
-                        stream=buffer.name,
-                        offset=buffer.offset,
-                        length=len(piece),
-                        captured_at=buffer.captured_at,
-                        data=piece,
+            with memoryview(buffer.pending) as pending:  # pieces are the only copies
+                for start in range(0, len(pending), size):
+                    piece = bytes(pending[start : start + size])
+                    chunks.append(
+                        OutputChunk(
+                            stream=buffer.name,
+                            offset=buffer.offset,
+                            length=len(piece),
+                            captured_at=buffer.captured_at,
+                            data=piece,
+                        )
                     )
-                )
-                buffer.offset += len(piece)
+                    buffer.offset += len(piece)
             buffer.pending.clear()
             buffer.first_byte_at = None
             buffer.captured_at = None
@@ -489,6 +500,8 @@ class ProcessActor(pykka.ThreadingActor):
             for pipe in (self._proc.stdout, self._proc.stderr):
                 if pipe is not None:
                     pipe.close()
+        for buffer in self._streams.values():
+            _release_pipe(buffer)
 
     def _emit(self, events: Sequence[ProcessEvent]) -> None:
         """Hand events to the writer; blocks while the writer is behind."""
@@ -504,13 +517,23 @@ class ProcessActor(pykka.ThreadingActor):
 
 
 def _grow_pipe(buffer: _StreamBuffer) -> None:
-    """The pipe was full: make it hold (and read) a MiB, where the kernel allows it."""
-    buffer.grown = True
+    """The pipe was full: make it hold a MiB, if the budget and the kernel allow it (once)."""
+    buffer.may_grow = False
+    if not _GROWN_PIPES.acquire(blocking=False):
+        return  # enough pipes are grown: this one keeps 64 KiB
     try:
         fcntl.fcntl(buffer.fd, fcntl.F_SETPIPE_SZ, _FLOOD_PIPE_BYTES)
-    except OSError:  # over the user's pipe quota (pipe-user-pages-soft): keep 64 KiB
+    except OSError:  # e.g. over the user's pipe quota (pipe-user-pages-soft)
+        _GROWN_PIPES.release()
         return
-    buffer.read_size = _FLOOD_PIPE_BYTES
+    buffer.grown = True
+
+
+def _release_pipe(buffer: _StreamBuffer) -> None:
+    """Give the budget back once the grown pipe is closed; idempotent."""
+    if buffer.grown:
+        buffer.grown = False
+        _GROWN_PIPES.release()
 
 
 def _remove_rundir(rundir: Path) -> None:

@@ -158,8 +158,8 @@ class WriterLimits:
     #: disk's flush, and PostgreSQL flushes concurrent commits together.
     concurrent_transactions: int = 4
     #: A thread's append of at least ``bulk_bytes`` (a run printing fast) first waits this
-    #: long per ``bulk_yield_unit`` bytes it carries (at least once) while requests are
-    #: being answered (see :class:`Foreground`); 0 turns it off.
+    #: long per ``bulk_yield_unit`` bytes it carries (at least once), for as long as
+    #: requests are being answered (see :class:`Foreground`); 0 turns it off.
     bulk_yield_seconds: float = 0.005
     bulk_bytes: int = 32 * 1024
     bulk_yield_unit: int = 64 * 1024
@@ -171,10 +171,10 @@ class Foreground:
     A run printing as fast as it can takes the event loop's time for every byte it stores
     (the COPY), and PostgreSQL's and the actors' share of the CPU; beside it, requests
     took four to six times as long as on an idle server. While the foreground is busy, a
-    thread's bulk append waits ``bulk_yield_seconds`` per 64 KiB before it is queued: the
-    run's actor stops reading, the pipe fills, the script blocks (back-pressure), and the
-    flood takes what the requests leave. With no request for ``RECENT_SECONDS``, output is stored at
-    full speed.
+    thread's bulk append waits ``bulk_yield_seconds`` per ``bulk_yield_unit`` it carries
+    before it is queued: the run's actor stops reading, the pipe fills, the script blocks
+    (back-pressure), and the flood takes what the requests leave. With no request for
+    ``RECENT_SECONDS``, output is stored at full speed.
 
     A request spends most of its time in queues outside its handler (the socket, the
     loop's ready list), so "being answered" also covers the moments just after one: busy
@@ -193,6 +193,13 @@ class Foreground:
     @property
     def busy(self) -> bool:
         return self.active > 0 or time.monotonic() - self._last_done < self.RECENT_SECONDS
+
+    def hold(self, pause: float, times: int) -> None:
+        """Sleep ``pause`` up to ``times`` times, stopping once not busy (in a thread)."""
+        for _ in range(times):
+            time.sleep(pause)
+            if not self.busy:
+                return
 
     def enter(self) -> Callable[[], None]:
         """Count one piece of work; call the result (once or more) when it is done."""
@@ -324,11 +331,11 @@ class EventWriter:
         encoded = [encode(e) for e in events]
         nbytes = sum(len(p) if p is not None else 200 for _, _, p in encoded)
         if from_thread and nbytes >= self._limits.bulk_bytes and self.foreground.busy:
-            units = max(1, round(nbytes / self._limits.bulk_yield_unit))
-            pause = self._limits.bulk_yield_seconds * units
+            pause = self._limits.bulk_yield_seconds
             if pause > 0:
                 self.bulk_appends_held += 1  # threads only: a lost increment is harmless
-                time.sleep(pause)
+                units = max(1, round(nbytes / self._limits.bulk_yield_unit))
+                self.foreground.hold(pause, units)
         pending = _Pending(
             stream_id, stream_type, expected_version, events, nbytes, from_thread, resolve, encoded
         )
@@ -354,7 +361,7 @@ class EventWriter:
         return self._pending_bytes
 
     def live_state(self, process_id: uuid.UUID) -> ProcessState | None:
-        """A process's state as this writer last committed it, while the run is unfinished.
+        """A process's state as this writer last saw committed, while the run is unfinished.
 
         ``None`` for a run that has ended, one this writer has not written since it started,
         or one whose cached state was dropped (see :meth:`_remember`); read the projection
@@ -504,6 +511,7 @@ class EventWriter:
                     self.commit_seconds_total += time.perf_counter() - started
                 except _TRANSIENT as exc:
                     doubtful = doubtful or current.commit_sent
+                    self._forget_states_if_sent(batch, current)
                     self._set_failing(key, exc)
                     _log_retry(exc, delay)
                     await asyncio.sleep(delay)
@@ -539,6 +547,14 @@ class EventWriter:
         finally:
             self._set_failing(key, None)
         self._finish(batch, outcomes)
+
+    def _forget_states_if_sent(self, batch: list[_Pending], current: _Try) -> None:
+        """A try failed after its COMMIT was sent: it may have committed, and the cached
+        states may be behind the projection until the retry finds out. They are read
+        again when next needed."""
+        if current.commit_sent:
+            for pending in batch:
+                self._states.pop(pending.stream_id, None)
 
     def _withdraw_expired(self, batch: list[_Pending], cause: BaseException) -> list[_Pending]:
         """Withdraw the batch's expired appends; return the others."""
@@ -603,8 +619,8 @@ class EventWriter:
                     )
                 current.commit_sent = True  # leaving the block sends COMMIT
             # Committed. The caches change before the connection goes back to the pool
-            # (its release lets other tasks run), so no reader of live_state() sees a
-            # state older than the one stored.
+            # (its release lets other tasks run): once an append has resolved, live_state()
+            # shows it.
             self._remember(attempt.heads, states)
         return attempt.outcomes
 

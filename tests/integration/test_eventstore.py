@@ -344,6 +344,7 @@ async def test_live_state_is_the_stored_projection_until_the_run_ends(store: Eve
             assert store.live_state(pid) is None
         else:
             assert store.live_state(pid) == stored
+            assert repr(store.live_state(pid)) == repr(stored)  # time zones included
     assert version + 1 == len(history)
 
 
