@@ -158,8 +158,8 @@ class WriterLimits:
     #: disk's flush, and PostgreSQL flushes concurrent commits together.
     concurrent_transactions: int = 4
     #: A thread's append of at least ``bulk_bytes`` (a run printing fast) first waits this
-    #: long per ``bulk_yield_unit`` bytes it carries (at least once), for as long as
-    #: requests are being answered (see :class:`Foreground`); 0 turns it off.
+    #: long per ``bulk_yield_unit`` bytes it carries (at least once) if requests are being
+    #: answered (see :class:`Foreground`); 0 turns it off.
     bulk_yield_seconds: float = 0.005
     bulk_bytes: int = 32 * 1024
     bulk_yield_unit: int = 64 * 1024
@@ -193,13 +193,6 @@ class Foreground:
     @property
     def busy(self) -> bool:
         return self.active > 0 or time.monotonic() - self._last_done < self.RECENT_SECONDS
-
-    def hold(self, pause: float, times: int) -> None:
-        """Sleep ``pause`` up to ``times`` times, stopping once not busy (in a thread)."""
-        for _ in range(times):
-            time.sleep(pause)
-            if not self.busy:
-                return
 
     def enter(self) -> Callable[[], None]:
         """Count one piece of work; call the result (once or more) when it is done."""
@@ -334,8 +327,10 @@ class EventWriter:
             pause = self._limits.bulk_yield_seconds
             if pause > 0:
                 self.bulk_appends_held += 1  # threads only: a lost increment is harmless
-                units = max(1, round(nbytes / self._limits.bulk_yield_unit))
-                self.foreground.hold(pause, units)
+                # One pause per bulk_yield_unit carried, in one sleep: stopping early once
+                # no request was being answered let a flood take twice the share beside
+                # requests coming and going (load-flood: 21 to 43 MiB/s, reads p50 1.96x).
+                time.sleep(pause * max(1, round(nbytes / self._limits.bulk_yield_unit)))
         pending = _Pending(
             stream_id, stream_type, expected_version, events, nbytes, from_thread, resolve, encoded
         )
