@@ -1,8 +1,9 @@
 """Output ingestion: one run printing 256 MiB of incompressible bytes, against raw COPY.
 
-The script ``cat`` prints N random bytes (written to a file beforehand, outside the timing)
-as fast as the pipe takes them; its actor reads
-64 KiB at a time, coalesces, and appends ``OutputChunk`` events (back-pressure included).
+The script ``cat`` prints N random bytes (written to a file and flushed to disk beforehand,
+outside the timing) as fast as the pipe takes them; its actor reads 64 KiB at a time, a MiB
+once it has grown the full pipe, and appends ``OutputChunk`` events of 64 KiB
+(back-pressure included).
 The figure is MiB/s from start to the terminal event committed, and the stored output is
 checked byte-exact (sha256) after each run.
 
