@@ -69,10 +69,23 @@ def process_out(state: ProcessState) -> Process:
 
 
 async def live_process(request: web.Request) -> ProcessState:
+    """The process of the path, as stored in its projection; 404 if unknown or deleted."""
     state = await get_process(request.app[STORE].pool, path_id(request, "process"))
     if state is None or state.deleted:
         raise not_found("this process")
     return state
+
+
+async def known_process(request: web.Request) -> ProcessState:
+    """The process of the path, from the writer's state while this server runs it.
+
+    That state shows every append that has resolved, and a run in it exists and is not
+    deleted; other runs are read from the projection (:func:`live_process`). For handlers
+    that need the run's identity and whether it has ended, not its latest counts: with
+    many actor threads waking, each query awaited on the loop waits for the GIL twice.
+    """
+    state = request.app[STORE].live_state(path_id(request, "process"))
+    return state if state is not None else await live_process(request)
 
 
 def same_key(earlier: ProcessState) -> web.Response:
@@ -168,7 +181,7 @@ async def read_history(
 
 
 async def audit(request: web.Request) -> web.Response:
-    state = await live_process(request)
+    state = await known_process(request)
     async with request.app[STORE].pool.acquire() as conn:
         result = await verify_stream(conn, state.id)
     return json_response(
@@ -182,11 +195,9 @@ async def audit(request: web.Request) -> web.Response:
 
 
 async def stop(request: web.Request) -> web.Response:
-    # A run of this server: its state as last stored is at hand. Reading it from the
-    # database instead made a stop of 1,000 runs take a fifth longer (docs/benchmarks.md).
-    state = request.app[STORE].live_state(path_id(request, "process"))
-    if state is None:
-        state = await live_process(request)
+    # Reading the projection instead made a stop of 1,000 runs through the API take a
+    # fifth longer (docs/benchmarks.md).
+    state = await known_process(request)
     body = await read_body(request, StopIn)
     if state.is_terminal:
         raise HTTPProblem(409, f"the process has already ended ({state.status})")

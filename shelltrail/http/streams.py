@@ -24,7 +24,7 @@ from shelltrail.http.auth import Role
 from shelltrail.http.context import STORE, json_response
 from shelltrail.http.models import EventItem, EventPage, Problem
 from shelltrail.http.problems import HTTPProblem, parse_query
-from shelltrail.http.processes import PREFIX, live_process
+from shelltrail.http.processes import PREFIX, known_process
 from shelltrail.http.queries import EventsQuery, OutputQuery, ReplayQuery
 from shelltrail.http.routes import Response, Route
 
@@ -77,7 +77,7 @@ async def _open_sse(request: web.Request) -> web.StreamResponse:
 
 async def events(request: web.Request) -> web.StreamResponse:
     query = parse_query(request, EventsQuery)
-    state = await live_process(request)
+    state = await known_process(request)
     store = request.app[STORE]
     if "text/event-stream" not in request.headers.get("Accept", ""):
         page = await store.read_stream(state.id, after=query.after, limit=query.limit)
@@ -114,7 +114,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def output(request: web.Request) -> web.StreamResponse:
     query = parse_query(request, OutputQuery)
-    state = await live_process(request)
+    state = await known_process(request)
     store = request.app[STORE]
     if not query.follow:
         data = await read_output(
@@ -157,7 +157,7 @@ async def output(request: web.Request) -> web.StreamResponse:
 async def replay(request: web.Request) -> web.StreamResponse:
     """The run's output as SSE, with its original pacing scaled by ``speed``."""
     query = parse_query(request, ReplayQuery)
-    state = await live_process(request)
+    state = await known_process(request)
     store = request.app[STORE]
     response = await _open_sse(request)
     previous: datetime | None = None
