@@ -544,9 +544,11 @@ class EventWriter:
         self._finish(batch, outcomes)
 
     def _forget_states_if_sent(self, batch: list[_Pending], current: _Try) -> None:
-        """A try failed after its COMMIT was sent: it may have committed, and the cached
-        states may be behind the projection until the retry finds out. They are read
-        again when next needed."""
+        """Drop the cached states of the batch's streams once its COMMIT was sent.
+
+        A try that failed after that may have committed, so the states may be behind the
+        projection; they are read again when next needed.
+        """
         if current.commit_sent:
             for pending in batch:
                 self._states.pop(pending.stream_id, None)
@@ -578,8 +580,7 @@ class EventWriter:
                     if attempt.records and await self._already_stored(conn, attempt):
                         current.commit_sent = True  # stored already: never withdraw it now
                         self._heads.update(attempt.heads)
-                        for sid in streams:
-                            self._states.pop(sid, None)  # re-read when next needed
+                        self._forget_states_if_sent(batch, current)  # re-read when needed
                         return attempt.outcomes
                 else:
                     # A request for a new stream (expected version 0) needs no lookup: if the
