@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import fcntl
 import os
 import tempfile
 import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,10 +18,14 @@ from shelltrail.actors import process_actor
 from shelltrail.actors.process_actor import (
     _FLOOD_PIPE_BYTES,
     _READ_SIZE,
+    ProcessActor,
+    RunnerConfig,
+    RunSpec,
     _grow_pipe,
     _release_pipe,
     _StreamBuffer,
 )
+from shelltrail.domain import OutputChunk, ProcessEvent
 
 
 def test_a_full_pipe_is_grown_once_and_holds_a_mib() -> None:
@@ -63,3 +72,50 @@ def test_no_more_pipes_grow_than_the_budget(monkeypatch: pytest.MonkeyPatch) -> 
         for r, w in pipes:
             os.close(r)
             os.close(w)
+
+
+def test_reads_take_a_mib_while_the_pipe_stays_full_and_64_kib_after(tmp_path: Path) -> None:
+    appended: list[ProcessEvent] = []
+
+    def sink(
+        stream_id: uuid.UUID, events: Sequence[ProcessEvent], *, expected_version: int | None
+    ) -> concurrent.futures.Future[Any]:
+        appended.extend(events)
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        done.set_result(None)
+        return done
+
+    actor = ProcessActor(  # never started: its reading alone, fed by a pipe of the test's
+        RunSpec(process_id=uuid.uuid4(), script="true"),
+        RunnerConfig(node="test", runs_dir=tmp_path),
+        sink=sink,
+        sweeper=None,  # type: ignore[arg-type]
+        reaper=None,  # type: ignore[arg-type]
+        wake_fd=-1,
+        on_finished=lambda *_: None,
+    )
+    read_end, write_end = os.pipe2(os.O_NONBLOCK)
+    buffer = _StreamBuffer(name="stdout", fd=read_end)
+    try:
+        first, flood, last = os.urandom(_READ_SIZE), os.urandom(_FLOOD_PIPE_BYTES), b"done\n"
+        os.write(write_end, first)  # the default pipe, full
+        actor._read(buffer)
+        assert (buffer.grown, buffer.read_size) == (True, _FLOOD_PIPE_BYTES)
+        assert os.write(write_end, flood) == len(flood)  # the grown pipe holds it all
+        actor._read(buffer)  # one read takes the MiB
+        assert buffer.read_size == _FLOOD_PIPE_BYTES
+        os.write(write_end, last)
+        actor._read(buffer)  # a short read: small reads again, the pipe stays grown
+        assert (buffer.grown, buffer.read_size) == (True, _READ_SIZE)
+        actor._flush([buffer])
+    finally:
+        _release_pipe(buffer)
+        os.close(read_end)
+        os.close(write_end)
+    chunks = [e for e in appended if isinstance(e, OutputChunk)]
+    pieces = [c.data or b"" for c in chunks]
+    assert b"".join(pieces) == first + flood + last
+    assert all(c.length == len(p) <= _READ_SIZE for c, p in zip(chunks, pieces, strict=True))
+    assert [c.offset for c in chunks] == [
+        sum(c.length for c in chunks[:i]) for i in range(len(chunks))
+    ]
