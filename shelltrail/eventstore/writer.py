@@ -14,6 +14,11 @@ restarting, disk full) retries the batch with back-off until it commits; meanwhi
 :attr:`EventWriter.failure` says why appends are not stored. An append made on the loop
 with :data:`APPEND_TIMEOUT` set is withdrawn instead, with :class:`StoreUnavailable`, when it
 is still not stored after that time and nothing of it can have been committed.
+
+Floods: a stream is in one transaction at a time, so a run printing megabytes stores them one
+batch after another. While one of its batches is in its transaction, the stream's next full
+batch is prepared in a thread (versions, times, hash chain), from the heads the first one
+will leave, and used once it has committed with exactly those heads (:class:`_Lead`).
 """
 
 from __future__ import annotations
@@ -134,10 +139,27 @@ class _Pending:
 class _Attempt:
     """A batch made ready to write: kept across retries so that they write the same rows."""
 
+    #: The stream heads it was prepared from, and the heads it leaves.
+    base: dict[uuid.UUID, tuple[int, bytes]]
     heads: dict[uuid.UUID, tuple[int, bytes]]
     outcomes: list[list[StoredEvent] | BaseException]
     records: list[tuple[Any, ...]]
     recorded: list[tuple[str, Recorded]]
+
+
+@dataclass(slots=True, eq=False)
+class _Lead:
+    """A bulk batch of one stream in its transaction, which the stream's next may follow.
+
+    The follower (at most one) is prepared from ``prepared``, the head the lead's rows leave,
+    while the lead is still writing; it starts its own transaction once ``finished`` is set,
+    and uses what it prepared only if the stream's head is then that one.
+    """
+
+    stream_id: uuid.UUID
+    prepared: asyncio.Future[tuple[int, bytes] | None]
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    followed: bool = False
 
 
 @dataclass(slots=True)
@@ -255,6 +277,11 @@ class EventWriter:
         self.memory_trims = 0
         #: Bulk appends from threads that waited for foreground work (see Foreground).
         self.bulk_appends_held = 0
+        #: Batches prepared while their stream's previous batch was still being written,
+        #: and how many of those were written as prepared (see _Lead).
+        self.batches_prepared_ahead = 0
+        self.prepared_ahead_used = 0
+        self._leads: dict[uuid.UUID, _Lead] = {}
         self.foreground = Foreground()
 
     def start(self) -> None:
@@ -436,13 +463,20 @@ class EventWriter:
             assert self._wake is not None
             self._wake.set()
 
+        def spawn(work: Any) -> None:
+            task = asyncio.create_task(work)
+            in_flight.add(task)
+            task.add_done_callback(done)
+
         while True:
-            while len(in_flight) < self._limits.concurrent_transactions and (
+            # A follower waiting for its lead holds no connection: it takes no slot.
+            followers = sum(1 for lead in self._leads.values() if lead.followed)
+            while len(in_flight) - followers < self._limits.concurrent_transactions and (
                 batch := self._take_batch()
             ):
-                task = asyncio.create_task(self._write_batch(batch))
-                in_flight.add(task)
-                task.add_done_callback(done)
+                spawn(self._write_batch(batch, self._lead_for(batch)))
+            while (follow := self._take_follower()) is not None:
+                spawn(self._follow(*follow))
             if self._closing and not self._queue and not in_flight:
                 return
             await self._wake.wait()
@@ -450,14 +484,90 @@ class EventWriter:
             with self._lock:
                 self._wake_scheduled = False
 
-    async def _write_batch(self, batch: list[_Pending]) -> None:
+    def _lead_for(self, batch: list[_Pending]) -> _Lead | None:
+        """Make a bulk batch of one stream a lead that the stream's next batch may follow."""
+        sid = batch[0].stream_id
+        if any(p.stream_id != sid for p in batch) or (
+            sum(p.nbytes for p in batch) < _PREPARE_IN_THREAD_BYTES
+        ):
+            return None
+        assert self._loop is not None
+        lead = _Lead(sid, self._loop.create_future())
+        self._leads[sid] = lead
+        return lead
+
+    def _take_follower(self) -> tuple[list[_Pending], _Lead] | None:
+        """A full batch of a lead's stream from the queue, to prepare while the lead writes.
+
+        Only appends from threads with no deadline follow (a follower leaves the queue, where
+        an expiring append must still be), and only a full batch: one taken early would be
+        small, and more small batches cost more than preparing ahead saves.
+        """
+        for lead in self._leads.values():
+            if lead.followed:
+                continue
+            batch: list[_Pending] = []
+            events = nbytes = 0
+            full = False
+            for nxt in self._queue:
+                if nxt.stream_id != lead.stream_id:
+                    continue
+                if not nxt.from_thread or nxt.timer is not None:
+                    break
+                if batch and (
+                    events + len(nxt.events) > self._limits.max_batch_events
+                    or nbytes + nxt.nbytes > self._limits.max_batch_bytes
+                ):
+                    full = True
+                    break
+                batch.append(nxt)
+                events += len(nxt.events)
+                nbytes += nxt.nbytes
+            if not full:
+                continue
+            with self._lock:  # threads append to the queue under the lock
+                for pending in batch:
+                    self._queue.remove(pending)
+            lead.followed = True
+            return batch, lead
+        return None
+
+    async def _follow(self, batch: list[_Pending], lead: _Lead) -> None:
+        """Prepare ``batch`` while ``lead`` writes, then write it once the lead is done."""
+        prepared: _Attempt | None = None
+        base = await lead.prepared
+        if base is not None:
+            try:
+                prepared = await asyncio.to_thread(_prepare, batch, {lead.stream_id: base})
+            except Exception:  # the batch is prepared again, and fails there if it must
+                log.exception("preparing a batch ahead failed")
+            else:
+                self.batches_prepared_ahead += 1
+        await lead.finished.wait()
+        own = self._lead_for(batch)
+        if own is not None:
+            assert self._wake is not None
+            self._wake.set()  # the stream's next full batch may follow this one now
+        await self._write_batch(batch, own, prepared)
+
+    async def _write_batch(
+        self, batch: list[_Pending], lead: _Lead | None, prepared: _Attempt | None = None
+    ) -> None:
         try:
-            await self._write(batch)
+            await self._write(batch, lead, prepared)
         except Exception as exc:
             log.exception("append batch failed unexpectedly")
             self._finish(batch, [exc] * len(batch))
         finally:
-            self._busy.difference_update(p.stream_id for p in batch)
+            streams = {p.stream_id for p in batch}
+            if lead is not None:
+                if not lead.prepared.done():
+                    lead.prepared.set_result(None)
+                del self._leads[lead.stream_id]
+                lead.finished.set()
+                if lead.followed:
+                    streams.discard(lead.stream_id)  # the follower writes it next
+            self._busy.difference_update(streams)
             assert self._wake is not None
             self._wake.set()  # streams are free again, and a slot too
 
@@ -490,7 +600,9 @@ class EventWriter:
         self._busy.update(p.stream_id for p in batch)
         return batch
 
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def _write(
+        self, batch: list[_Pending], lead: _Lead | None = None, prepared: _Attempt | None = None
+    ) -> None:
         delay = 0.05
         attempts: list[_Attempt] = []
         key = object()
@@ -502,7 +614,7 @@ class EventWriter:
                 started = time.perf_counter()
                 current = _Try()
                 try:
-                    outcomes = await self._commit(batch, attempts, current)
+                    outcomes = await self._commit(batch, attempts, current, lead, prepared)
                     self.commit_seconds_total += time.perf_counter() - started
                 except _TRANSIENT as exc:
                     doubtful = doubtful or current.commit_sent
@@ -516,6 +628,7 @@ class EventWriter:
                         # stopped waiting, and prepare the rest afresh.
                         batch = self._withdraw_expired(batch, exc)
                         attempts.clear()
+                        prepared = None
                         if not batch:
                             self._gave_up = exc
                             return
@@ -564,13 +677,21 @@ class EventWriter:
         return kept
 
     async def _commit(
-        self, batch: list[_Pending], attempts: list[_Attempt], current: _Try
+        self,
+        batch: list[_Pending],
+        attempts: list[_Attempt],
+        current: _Try,
+        lead: _Lead | None,
+        prepared: _Attempt | None,
     ) -> list[list[StoredEvent] | BaseException]:
         """Write a batch in one transaction; ``attempts`` remembers what was tried.
 
         After a lost connection the same rows are written again (same versions, times and
         hashes), unless the first of them is already stored: then the earlier COMMIT went
         through before the connection dropped, and the batch is done.
+
+        ``prepared`` (made while the stream's previous batch was writing) is used if the
+        heads it was made from are the heads now; ``lead`` hears the heads this batch leaves.
         """
         async with self._pool.acquire() as conn, _ended_if_lost(conn):
             async with conn.transaction():
@@ -589,7 +710,10 @@ class EventWriter:
                         conn, {p.stream_id for p in batch if p.expected_version != 0}
                     )
                     heads = {sid: self._heads[sid] for sid in streams if sid in self._heads}
-                    if sum(p.nbytes for p in batch) >= _PREPARE_IN_THREAD_BYTES:
+                    if prepared is not None and prepared.base == heads:
+                        attempt = prepared
+                        self.prepared_ahead_used += 1
+                    elif sum(p.nbytes for p in batch) >= _PREPARE_IN_THREAD_BYTES:
                         # Hashing megabytes of output would hold the event loop, and every
                         # request waiting on it, for milliseconds; hashlib releases the GIL, so
                         # a thread does it beside the loop. The batch's streams are in no other
@@ -598,6 +722,8 @@ class EventWriter:
                     else:
                         attempt = _prepare(batch, heads)
                     attempts.append(attempt)
+                    if lead is not None and not lead.prepared.done():
+                        lead.prepared.set_result(attempt.heads.get(lead.stream_id))
                 states: dict[uuid.UUID, ProcessState] = {}
                 if attempt.records:
                     await conn.copy_records_to_table(
@@ -710,6 +836,7 @@ def _prepare(batch: list[_Pending], heads: dict[uuid.UUID, tuple[int, bytes]]) -
     A pure function of its arguments (``heads`` is a copy, updated here): it may run in a
     thread beside the event loop.
     """
+    base = dict(heads)
     outcomes: list[list[StoredEvent] | BaseException] = []
     records: list[tuple[Any, ...]] = []
     recorded: list[tuple[str, Recorded]] = []
@@ -770,7 +897,7 @@ def _prepare(batch: list[_Pending], heads: dict[uuid.UUID, tuple[int, bytes]]) -
             )
         heads[pending.stream_id] = (version, previous)
         outcomes.append(stored)
-    return _Attempt(heads=heads, outcomes=outcomes, records=records, recorded=recorded)
+    return _Attempt(base=base, heads=heads, outcomes=outcomes, records=records, recorded=recorded)
 
 
 @contextlib.asynccontextmanager

@@ -32,6 +32,7 @@ from shelltrail.eventstore import (
 from shelltrail.eventstore.audit import verify_all, verify_stream
 from shelltrail.eventstore.projections import _UPDATE_COUNTS
 from shelltrail.eventstore.queries import get_process
+from shelltrail.eventstore.records import StoredEvent
 from tests.conftest import TEST_NODE
 from tests.strategies import sample_process_history
 
@@ -535,3 +536,82 @@ async def test_an_idle_writer_gives_memory_back_after_a_flood(store: EventStore)
         await asyncio.sleep(0.01)
     assert writer.memory_trims == 1
     assert await store.stream_version(sid) == 2 + 1024
+
+
+def _flood_from_the_loop(
+    store: EventStore, sid: uuid.UUID, pieces: list[bytes], *, first_version: int
+) -> list[asyncio.Future[list[StoredEvent]]]:
+    """Queue one append per piece at once, as an actor would from its thread.
+
+    Submitted from the loop thread without a pause, so every append is queued before the
+    writer takes its first batch.
+    """
+    futures = []
+    offset = 0
+    for i, piece in enumerate(pieces):
+        submitted = store.append_from_thread(
+            sid, [chunk(offset, piece)], expected_version=first_version + i
+        )
+        futures.append(asyncio.wrap_future(submitted))
+        offset += len(piece)
+    return futures
+
+
+async def test_a_floods_next_batch_is_prepared_while_the_one_before_commits(
+    database_url: str,
+) -> None:
+    """A stream's next full batch is hashed ahead, used as prepared, and the chain holds."""
+    store = await EventStore.open(
+        database_url, node=TEST_NODE, limits=WriterLimits(max_batch_bytes=2 * 1024 * 1024)
+    )
+    try:
+        sid = uuid.uuid4()
+        await store.append(sid, [queued(), started()], expected_version=0)
+        pieces = [random.randbytes(64 * 1024) for _ in range(128)]  # 4 batches of 2 MiB
+        await asyncio.gather(*_flood_from_the_loop(store, sid, pieces, first_version=2))
+        # The 2nd and 3rd batch each followed a full one; the 4th had nothing behind it.
+        assert (store.writer.batches_prepared_ahead, store.writer.prepared_ahead_used) == (2, 2)
+        stored = await store.read_stream(sid, after=2, limit=1000)
+        assert [e.version for e in stored] == list(range(3, 131))
+        assert [e.payload for e in stored] == pieces
+        recorded = [e.recorded_at for e in stored]
+        assert recorded == sorted(recorded)
+        async with store.pool.acquire() as conn:
+            assert (await verify_stream(conn, sid)).verified
+        state = store.live_state(sid)
+        assert state is not None
+        assert state.stdout_bytes == 128 * 64 * 1024
+    finally:
+        await store.close()
+
+
+async def test_a_batch_prepared_ahead_is_prepared_again_when_the_head_moved(
+    database_url: str,
+) -> None:
+    """The lead batch fails on a head another node moved: its follower is not used as is."""
+    store = await EventStore.open(
+        database_url, node=TEST_NODE, limits=WriterLimits(max_batch_bytes=2 * 1024 * 1024)
+    )
+    other = await EventStore.open(database_url, node="other")
+    try:
+        sid = uuid.uuid4()
+        await store.append(sid, [queued(), started()], expected_version=0)
+        pieces = [random.randbytes(64 * 1024) for _ in range(96)]
+        # Behind the writer's back: its cached head (version 2) is now stale.
+        await other.append(sid, [chunk(0, pieces[0])], expected_version=2)
+        results = await asyncio.gather(
+            *_flood_from_the_loop(store, sid, pieces, first_version=2), return_exceptions=True
+        )
+        assert isinstance(results[0], ConcurrencyError)  # version 3 was the other node's
+        assert all(isinstance(r, list) for r in results[1:])
+        writer = store.writer
+        assert writer.batches_prepared_ahead >= 1
+        assert writer.prepared_ahead_used < writer.batches_prepared_ahead
+        stored = await store.read_stream(sid, after=2, limit=1000)
+        assert [e.version for e in stored] == list(range(3, 99))
+        assert [e.payload for e in stored] == pieces
+        async with store.pool.acquire() as conn:
+            assert (await verify_stream(conn, sid)).verified
+    finally:
+        await other.close()
+        await store.close()
