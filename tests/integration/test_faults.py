@@ -28,6 +28,7 @@ from shelltrail.actors.tree import OrphanReaper, find_marked, kill_marked
 from shelltrail.domain import CommandCreated, OutputChunk, Queued, Started
 from shelltrail.eventstore import EventStore, WriterLimits
 from shelltrail.eventstore.audit import verify_all
+from shelltrail.eventstore.queries import get_process
 from shelltrail.eventstore.replay import check
 from shelltrail.eventstore.writer import APPEND_TIMEOUT, StoreUnavailable
 from tests.integration.faults import (
@@ -622,3 +623,61 @@ async def _cut_off_a_copy(store: EventStore, database_url: str) -> None:
         await watcher.close()
     assert [e.version for e in stored] == list(range(3, 131))
     assert await store.stream_version(process_id) == 130
+
+
+async def test_a_commit_whose_answer_was_lost_leaves_no_stale_state(own_pg: OwnPostgres) -> None:
+    """A COMMIT goes through but its connection dies before the answer arrives (here: the
+    commit waits for a synchronous standby that does not exist, and its backend is ended).
+    The writer retries, finds the rows stored, and does not keep the run's state from before
+    that batch: the next append folds onto the stored projection, so the writer's live state
+    and the projection row agree."""
+    url = await create_database(own_pg.admin_url, "shelltrail")
+    store = await EventStore.open(url, node="fault-node")
+    admin = await asyncpg.connect(own_pg.admin_url)
+    try:
+        sid = uuid.uuid4()
+        started = datetime.now(UTC)
+        await store.append(
+            sid,
+            [
+                Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="0" * 64),
+                Started(pid=1, pgid=1, node="fault-node", started_at=started),
+            ],
+            expected_version=0,
+        )
+
+        def chunk(offset: int, data: bytes) -> OutputChunk:
+            return OutputChunk(
+                stream="stdout", offset=offset, length=len(data), captured_at=started, data=data
+            )
+
+        await admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        await admin.execute("SELECT pg_reload_conf()")
+        append = asyncio.create_task(store.append(sid, [chunk(0, b"first")], expected_version=2))
+        waiting = (
+            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' "
+            "AND datname = 'shelltrail'"
+        )
+        async with asyncio.timeout(30):
+            while not (backend := await admin.fetchval(waiting)):  # noqa: ASYNC110 -- polls the database
+                await asyncio.sleep(0.01)
+        # Committed locally: ending the backend now loses only the answer.
+        await admin.execute("SELECT pg_terminate_backend($1)", backend)
+        await admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        await admin.execute("SELECT pg_reload_conf()")
+        assert [e.version for e in await asyncio.wait_for(append, 30)] == [3]
+
+        await store.append(sid, [chunk(5, b"second")], expected_version=3)
+        state = store.live_state(sid)
+        assert state is not None
+        assert (state.version, state.stdout_bytes) == (4, 11)
+        row = await get_process(store.pool, sid)
+        assert row is not None
+        assert (row.version, row.stdout_bytes) == (4, 11)
+        stored = await asyncio.to_thread(
+            query, url, "SELECT version FROM events WHERE stream_id = $1 ORDER BY version", sid
+        )
+        assert [r["version"] for r in stored] == [1, 2, 3, 4]
+    finally:
+        await admin.close()
+        await asyncio.wait_for(store.close(), 30)
