@@ -22,6 +22,7 @@ from shelltrail.actors import ProcessSupervisor, RunnerConfig, SupervisorLimits
 from shelltrail.config import Settings, redact_url
 from shelltrail.eventstore import DatabaseUnavailable, EventStore, init_connection
 from shelltrail.eventstore.embedded import EmbeddedPostgres
+from shelltrail.eventstore.lease import NodeLease
 from shelltrail.eventstore.migrate import migrate
 from shelltrail.http.app import create_app
 from shelltrail.http.auth import TokenConfigError, TokenRegistry
@@ -133,37 +134,49 @@ async def serve(settings: Settings) -> None:
         )
     async with database_url(settings) as url:
         await migrate_database(url)
-        store = await EventStore.open(url, node=settings.node)
+        # Before anything of the node is recovered: a second server under the same node
+        # name would close the first one's live runs as lost.
+        lease = NodeLease(url, settings.node, wait_seconds=settings.node_lease_wait_seconds)
+        await lease.acquire()
         try:
-            supervisor = ProcessSupervisor(
-                store,
-                RunnerConfig(
-                    node=settings.node,
-                    runs_dir=settings.data_dir / "runs",
-                    keep_workdirs=settings.keep_workdirs,
-                    stop_grace_seconds=settings.stop_grace_seconds,
-                ),
-                SupervisorLimits(
-                    max_running=settings.max_running,
-                    max_queued=settings.max_queued,
-                    max_output_bytes=settings.max_output_bytes,
-                    shutdown_grace_seconds=settings.shutdown_grace_seconds,
-                ),
-            )
-            await supervisor.start()
-            app = create_app(store, supervisor, tokens)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, settings.host, settings.port)
-            await site.start()
-            log.info("shelltrail is serving", url=f"http://{settings.host}:{settings.port}")
-            await _wait_for_stop_signal()
-            log.info("shutting down")
-            await site.stop()
-            await supervisor.shutdown()
-            await runner.cleanup()
+            await _serve_as_node(settings, url, tokens)
         finally:
-            await store.close()
+            await lease.release()
+
+
+async def _serve_as_node(settings: Settings, url: str, tokens: TokenRegistry) -> None:
+    """Serve until SIGTERM or SIGINT, holding the node's lease."""
+    store = await EventStore.open(url, node=settings.node)
+    try:
+        supervisor = ProcessSupervisor(
+            store,
+            RunnerConfig(
+                node=settings.node,
+                runs_dir=settings.data_dir / "runs",
+                keep_workdirs=settings.keep_workdirs,
+                stop_grace_seconds=settings.stop_grace_seconds,
+            ),
+            SupervisorLimits(
+                max_running=settings.max_running,
+                max_queued=settings.max_queued,
+                max_output_bytes=settings.max_output_bytes,
+                shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            ),
+        )
+        await supervisor.start()
+        app = create_app(store, supervisor, tokens)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info("shelltrail is serving", url=f"http://{settings.host}:{settings.port}")
+        await _wait_for_stop_signal()
+        log.info("shutting down")
+        await site.stop()
+        await supervisor.shutdown()
+        await runner.cleanup()
+    finally:
+        await store.close()
 
 
 def _is_loopback(host: str) -> bool:

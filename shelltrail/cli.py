@@ -20,6 +20,7 @@ from shelltrail.client import ApiClient
 from shelltrail.config import ConfigError, Settings
 from shelltrail.eventstore import DatabaseUnavailable
 from shelltrail.eventstore.audit import verify_all
+from shelltrail.eventstore.lease import NodeInUse
 from shelltrail.eventstore.replay import ReplayError, check, rebuild
 from shelltrail.http.auth import TokenConfigError
 from shelltrail.logs import configure_logging
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     action: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = args.action
     try:
         return asyncio.run(action(settings, args))
-    except (DatabaseUnavailable, TokenConfigError) as exc:
+    except (DatabaseUnavailable, NodeInUse, TokenConfigError) as exc:
         print(f"shelltrail: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
