@@ -17,8 +17,9 @@ is still not stored after that time and nothing of it can have been committed.
 
 Floods: a stream is in one transaction at a time, so a run printing megabytes stores them one
 batch after another. While one of its batches is in its transaction, the stream's next full
-batch is prepared in a thread (versions, times, hash chain), from the heads the first one
-will leave, and used once it has committed with exactly those heads (:class:`_Lead`).
+batch is prepared in a thread (versions, times, hash chain) from the head the first one
+will leave, and written as prepared if, once the first is done, the writer's head of the
+stream is exactly that one (:class:`_Lead`). One flood at a time is followed like this.
 """
 
 from __future__ import annotations
@@ -282,6 +283,7 @@ class EventWriter:
         self.batches_prepared_ahead = 0
         self.prepared_ahead_used = 0
         self._leads: dict[uuid.UUID, _Lead] = {}
+        self._following = 0  # appends of followers waiting for their lead
         self.foreground = Foreground()
 
     def start(self) -> None:
@@ -393,7 +395,8 @@ class EventWriter:
 
     @property
     def queued_appends(self) -> int:
-        return len(self._queue)
+        """Appends not yet in a transaction: queued, or taken to follow a batch (_Lead)."""
+        return len(self._queue) + self._following
 
     @property
     def cached_streams(self) -> int:
@@ -469,7 +472,8 @@ class EventWriter:
             task.add_done_callback(done)
 
         while True:
-            # A follower waiting for its lead holds no connection: it takes no slot.
+            # A follower waiting for its lead holds no connection: it takes no slot while it
+            # waits, and the lead's once the lead is done (at most one flood is followed).
             followers = sum(1 for lead in self._leads.values() if lead.followed)
             while len(in_flight) - followers < self._limits.concurrent_transactions and (
                 batch := self._take_batch()
@@ -500,35 +504,43 @@ class EventWriter:
         """A full batch of a lead's stream from the queue, to prepare while the lead writes.
 
         Only appends from threads with no deadline follow (a follower leaves the queue, where
-        an expiring append must still be), and only a full batch: one taken early would be
-        small, and more small batches cost more than preparing ahead saves.
+        an expiring append must still be), and only a full batch of 1 MiB or more: one taken
+        early would be small, and more small batches cost more than preparing ahead saves.
+
+        One flood at a time: a follower takes its lead's slot without waiting its turn, so
+        a chain of them keeps that slot while the flood lasts; the other slots go to the
+        oldest appends as before.
         """
+        if (
+            self._pending_bytes < 2 * _PREPARE_IN_THREAD_BYTES  # no flood: skip the scan
+            or any(lead.followed for lead in self._leads.values())
+        ):
+            return None
         for lead in self._leads.values():
-            if lead.followed:
-                continue
             batch: list[_Pending] = []
             events = nbytes = 0
             full = False
-            for nxt in self._queue:
-                if nxt.stream_id != lead.stream_id:
-                    continue
-                if not nxt.from_thread or nxt.timer is not None:
-                    break
-                if batch and (
-                    events + len(nxt.events) > self._limits.max_batch_events
-                    or nbytes + nxt.nbytes > self._limits.max_batch_bytes
-                ):
-                    full = True
-                    break
-                batch.append(nxt)
-                events += len(nxt.events)
-                nbytes += nxt.nbytes
-            if not full:
-                continue
             with self._lock:  # threads append to the queue under the lock
+                for nxt in self._queue:
+                    if nxt.stream_id != lead.stream_id:
+                        continue
+                    if not nxt.from_thread or nxt.timer is not None:
+                        break
+                    if batch and (
+                        events + len(nxt.events) > self._limits.max_batch_events
+                        or nbytes + nxt.nbytes > self._limits.max_batch_bytes
+                    ):
+                        full = True
+                        break
+                    batch.append(nxt)
+                    events += len(nxt.events)
+                    nbytes += nxt.nbytes
+                if not full or nbytes < _PREPARE_IN_THREAD_BYTES:
+                    continue
                 for pending in batch:
                     self._queue.remove(pending)
             lead.followed = True
+            self._following += len(batch)
             return batch, lead
         return None
 
@@ -544,6 +556,7 @@ class EventWriter:
             else:
                 self.batches_prepared_ahead += 1
         await lead.finished.wait()
+        self._following -= len(batch)
         own = self._lead_for(batch)
         if own is not None:
             assert self._wake is not None
@@ -569,10 +582,12 @@ class EventWriter:
                     streams.discard(lead.stream_id)  # the follower writes it next
             self._busy.difference_update(streams)
             assert self._wake is not None
-            self._wake.set()  # streams are free again, and a slot too
+            self._wake.set()  # streams and a slot are free again (a followed lead passes both on)
 
     def _take_batch(self) -> list[_Pending]:
         """The oldest appends that fit in one batch, skipping streams being written.
+
+        (Appends taken to follow a batch of their stream have left the queue: _Lead.)
 
         A stream is in at most one transaction at a time, so its versions, its hash chain
         and its projection row never race; skipped appends keep their order.
