@@ -572,17 +572,23 @@ async def test_a_copy_cut_off_while_the_server_does_not_read_is_retried(
         await asyncio.wait_for(store.close(), 30)
 
 
-async def _cut_off_a_copy(store: EventStore, database_url: str) -> None:
+async def _a_started_run(store: EventStore, node: str) -> tuple[uuid.UUID, datetime]:
+    """Append a new run's Queued and Started (versions 1 and 2); its id and start time."""
     process_id = uuid.uuid4()
     started = datetime.now(UTC)
     await store.append(
         process_id,
         [
             Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="0" * 64),
-            Started(pid=1, pgid=1, node="n", started_at=started),
+            Started(pid=1, pgid=1, node=node, started_at=started),
         ],
         expected_version=0,
     )
+    return process_id, started
+
+
+async def _cut_off_a_copy(store: EventStore, database_url: str) -> None:
+    process_id, started = await _a_started_run(store, "n")
     payload = os.urandom(CHUNK)
     chunks = [
         OutputChunk(
@@ -635,16 +641,7 @@ async def test_a_commit_whose_answer_was_lost_leaves_no_stale_state(own_pg: OwnP
     store = await EventStore.open(url, node="fault-node")
     admin = await asyncpg.connect(own_pg.admin_url)
     try:
-        sid = uuid.uuid4()
-        started = datetime.now(UTC)
-        await store.append(
-            sid,
-            [
-                Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="0" * 64),
-                Started(pid=1, pgid=1, node="fault-node", started_at=started),
-            ],
-            expected_version=0,
-        )
+        sid, started = await _a_started_run(store, "fault-node")
 
         def chunk(offset: int, data: bytes) -> OutputChunk:
             return OutputChunk(
