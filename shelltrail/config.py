@@ -82,7 +82,7 @@ class Settings:
             log_format=log_format,
             log_level=log_level,
             node=get("NODE", socket.gethostname()),
-            node_lease_wait_seconds=number("NODE_LEASE_WAIT_SECONDS", "10", minimum=0),
+            node_lease_wait_seconds=number("NODE_LEASE_WAIT_SECONDS", "30", minimum=0),
             max_running=integer("MAX_RUNNING", "256", minimum=1),
             max_queued=integer("MAX_QUEUED", "10000", minimum=0),
             max_output_bytes=integer("MAX_OUTPUT_BYTES", str(1024**3), minimum=0),

@@ -10,9 +10,10 @@ crashed ends once PostgreSQL sees its connection close), then stops with an erro
 holder.
 
 PostgreSQL releases the lock when the session ends: when the server exits, crashes, or loses
-the connection. The connection sends TCP keepalives, so one to a machine that died is ended
-within about half a minute. If the connection is lost while the server runs, the lease is
-taken again as soon as the database answers.
+the connection. The session asks for TCP keepalives, so PostgreSQL ends one whose machine
+died within about half a minute. The server checks its lease's connection every 10 s; when
+it is lost (a database restart, a network cut), the lease is taken again as soon as the
+database answers, and an error is logged if another server took it first.
 """
 
 from __future__ import annotations
@@ -32,13 +33,20 @@ from shelltrail.eventstore.errors import DatabaseUnavailable, EventStoreError
 
 log = structlog.get_logger(__name__)
 
-#: Server settings of the lease's session: a peer that vanished is noticed in about 25 s.
-_KEEPALIVES: Final = {
-    "tcp_keepalives_idle": "10",
-    "tcp_keepalives_interval": "5",
-    "tcp_keepalives_count": "3",
-}
+#: Settings of the lease's session, each applied where the server accepts it: PostgreSQL
+#: notices a peer that vanished in about 25 s, and never ends the idle session itself.
+_SESSION: Final = (
+    "SET tcp_keepalives_idle = 10",
+    "SET tcp_keepalives_interval = 5",
+    "SET tcp_keepalives_count = 3",
+    "SET idle_session_timeout = 0",  # PostgreSQL 14 and later
+)
 _RETRY_SECONDS: Final = 0.5
+#: How often the lease's connection is checked, and how long the check may take.
+_CHECK_SECONDS: Final = 10.0
+_CHECK_TIMEOUT: Final = 5.0
+#: What a lost or refused connection raises, besides PostgreSQL's own errors.
+_CONNECTION_ERRORS: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class NodeInUse(EventStoreError):
@@ -58,13 +66,14 @@ class NodeLease:
     at the end. Both on the event loop.
     """
 
-    def __init__(self, url: str, node: str, *, wait_seconds: float = 10.0) -> None:
+    def __init__(self, url: str, node: str, *, wait_seconds: float = 30.0) -> None:
         self._url = url
         self._node = node
         self._key = lease_key(node)
         self._wait_seconds = wait_seconds
         self._conn: asyncpg.Connection | None = None
         self._renewing: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None
         self._released = False
         self.renewals = 0
 
@@ -94,20 +103,27 @@ class NodeLease:
     async def release(self) -> None:
         """Give the lease back (closing its connection ends the session and the lock)."""
         self._released = True
-        if self._renewing is not None:
-            self._renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewing
+        for task in (self._renewing, self._checking):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            with contextlib.suppress(Exception):
-                await conn.close()
+            await _close_quietly(conn)
 
     async def _try(self) -> bool:
-        """One attempt on a fresh connection; keep it if the lock was granted."""
+        """One attempt on a fresh connection; keep it if the lock was granted.
+
+        Raises :class:`DatabaseUnavailable` when the database cannot be reached or the
+        connection is lost meanwhile.
+        """
         conn = await self._connect()
         try:
             granted = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
+        except _CONNECTION_ERRORS as exc:
+            await _close_quietly(conn)
+            raise self._unavailable(exc) from None
         except BaseException:
             await _close_quietly(conn)
             raise
@@ -116,19 +132,42 @@ class NodeLease:
             return False
         self._conn = conn
         conn.add_termination_listener(self._lost)
+        self._checking = asyncio.get_running_loop().create_task(self._check(conn))
         log.info("holding the node lease", node=self._node)
         return True
 
     async def _connect(self) -> asyncpg.Connection:
         name = f"shelltrail node lease, pid {os.getpid()} on {socket.gethostname()}"
-        settings = {**_KEEPALIVES, "application_name": name[:63]}
         try:
-            return await asyncpg.connect(self._url, timeout=10, server_settings=settings)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise DatabaseUnavailable(
-                f"cannot connect to the database to hold node {self._node!r}: {reason}"
-            ) from None
+            conn = await asyncpg.connect(
+                self._url, timeout=10, server_settings={"application_name": name[:63]}
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from None
+        for statement in _SESSION:  # a pooler or an older server may refuse one: go on
+            with contextlib.suppress(asyncpg.PostgresError):
+                await conn.execute(statement)
+        return conn
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        reason = str(exc) or type(exc).__name__
+        return DatabaseUnavailable(
+            f"cannot connect to the database to hold node {self._node!r}: {reason}"
+        )
+
+    async def _check(self, conn: asyncpg.Connection) -> None:
+        """Ask the lease's connection a question now and then; end it if it does not answer.
+
+        An idle connection cut by the network would otherwise look alive to this side
+        while PostgreSQL has ended its session, and its lock with it.
+        """
+        while not conn.is_closed():
+            await asyncio.sleep(_CHECK_SECONDS)
+            try:
+                await conn.fetchval("SELECT 1", timeout=_CHECK_TIMEOUT)
+            except _CONNECTION_ERRORS:
+                conn.terminate()  # the termination listener takes it from here
+                return
 
     async def _holder(self) -> str:
         """Who holds the lease, as far as this role may see: ' (…)' or ''."""
@@ -149,8 +188,9 @@ class NodeLease:
             finally:
                 await _close_quietly(conn)
             if row is not None and row["application_name"]:
-                since = row["backend_start"]
-                return f" ({row['application_name']}, connected since {since:%Y-%m-%d %H:%M:%S %Z})"
+                since = row["backend_start"]  # NULL for a session of another role
+                when = f", connected since {since:%Y-%m-%d %H:%M:%S %Z}" if since else ""
+                return f" ({row['application_name']}{when})"
         return ""
 
     def _lost(self, _conn: object) -> None:
@@ -178,10 +218,15 @@ class NodeLease:
                     warned = True
             except DatabaseUnavailable:
                 pass
+            except Exception:  # never leave the task dead: log and try again
+                log.exception("taking the node lease again failed", node=self._node)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
 
 async def _close_quietly(conn: asyncpg.Connection) -> None:
-    with contextlib.suppress(Exception):
-        await conn.close()
+    """Close, or drop a connection that does not answer in time (a half-open one)."""
+    try:
+        await conn.close(timeout=_CHECK_TIMEOUT)
+    except Exception:  # noqa: BLE001 -- whatever it was, the connection goes
+        conn.terminate()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from shelltrail.eventstore import lease as lease_module
 from shelltrail.eventstore.lease import NodeInUse, NodeLease
 from tests.integration.faults import SHELLTRAIL, Server, serving, wait_until
 
@@ -110,3 +112,30 @@ def test_a_second_server_on_the_same_node_stops_and_leaves_the_runs_alone(
         assert first.call("POST", f"/api/v1/processes/{run}/stop", {}).status == 202
         ended = first.wait_ended([run])[0]
         assert ended["status"] == "killed"
+
+
+async def test_a_lease_whose_connection_stops_answering_is_taken_again(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that goes silent (here: its backend is stopped, as a network cut would
+    leave it) is noticed by the periodic check, dropped, and the lease taken again once
+    the old session is gone."""
+    monkeypatch.setattr(lease_module, "_CHECK_SECONDS", 0.1)
+    monkeypatch.setattr(lease_module, "_CHECK_TIMEOUT", 0.5)
+    lease = NodeLease(database_url, "node-a")
+    await lease.acquire()
+    assert lease._conn is not None
+    backend = lease._conn.get_server_pid()
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(20):
+            while lease.held:  # noqa: ASYNC110 -- polls the lease
+                await asyncio.sleep(0.05)
+    finally:
+        os.kill(backend, signal.SIGCONT)  # it sees its client gone, and ends with its lock
+    try:
+        async with asyncio.timeout(30):
+            while not (lease.renewals == 1 and lease.held):  # noqa: ASYNC110 -- polls the lease
+                await asyncio.sleep(0.05)
+    finally:
+        await lease.release()
