@@ -19,6 +19,7 @@ from aiohttp import web
 
 from shelltrail import allocator
 from shelltrail.actors import ProcessSupervisor, RunnerConfig, SupervisorLimits
+from shelltrail.actors.tree import hide_from_scripts
 from shelltrail.config import Settings, redact_url
 from shelltrail.eventstore import DatabaseUnavailable, EventStore, init_connection
 from shelltrail.eventstore.embedded import EmbeddedPostgres
@@ -119,6 +120,8 @@ async def serve(settings: Settings) -> None:
     """
     _raise_open_file_limit()
     allocator.fix_thresholds()
+    if not hide_from_scripts():
+        log.warning("cannot hide the server's environment from its scripts (prctl failed)")
     tokens, generated = TokenRegistry.from_settings(settings.tokens, settings.data_dir)
     if not tokens.configured and not _is_loopback(settings.host):
         raise TokenConfigError(

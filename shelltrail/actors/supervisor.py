@@ -190,7 +190,11 @@ class ProcessSupervisor:
             args=tuple(args),
             env=run_env,
             timeout_seconds=timeout,
-            max_output_bytes=command.max_output_bytes or self._limits.max_output_bytes,
+            max_output_bytes=(
+                self._limits.max_output_bytes
+                if command.max_output_bytes is None
+                else command.max_output_bytes
+            ),
             output_limit_policy=command.output_limit_policy,
             version=1,
         )

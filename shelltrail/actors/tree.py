@@ -30,6 +30,8 @@ import structlog
 log = structlog.get_logger(__name__)
 
 MARKER: Final = "SHELLTRAIL_PROCESS_ID"
+_PR_GET_DUMPABLE: Final = 3
+_PR_SET_DUMPABLE: Final = 4
 _PR_SET_CHILD_SUBREAPER: Final = 36
 
 
@@ -38,6 +40,26 @@ def become_subreaper() -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def hide_from_scripts() -> bool:
+    """Keep the server's memory and environment from its scripts (Linux). Returns whether
+    it worked.
+
+    The scripts run as the server's user, so by default they may read
+    ``/proc/<server pid>/environ`` (the database URL, the tokens) and attach to it with
+    ptrace. A process that is not *dumpable* has its ``/proc`` entries owned by root and
+    refuses ptrace from anyone without ``CAP_SYS_PTRACE``. The setting is not inherited
+    across ``execve``, so the scripts themselves are unaffected. (It also means no core
+    dump, and profilers need root to attach.)
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if int(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)) != 0:
+            return False
+        return int(libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
 

@@ -196,6 +196,15 @@ async def test_output_cap_truncates_and_keeps_running(runs: Runs) -> None:
     assert (last(events).type, last(events).data["exit_code"]) == ("Exited", 0)
 
 
+async def test_a_command_may_keep_no_output_at_all(runs: Runs) -> None:
+    """A cap of 0 is a cap (the command's own), not "unset": every byte is counted, none kept."""
+    events = await runs.run("echo hello; echo there >&2", max_output_bytes=0)
+    assert output(events) == output(events, "stderr") == b""
+    truncated = next(e for e in events if e.type == "OutputTruncated")
+    assert truncated.data == {"limit_bytes": 0, "dropped_bytes": 12, "policy": "truncate"}
+    assert (last(events).type, last(events).data["exit_code"]) == ("Exited", 0)
+
+
 async def test_output_cap_with_kill_policy(runs: Runs) -> None:
     events = await runs.run("yes", max_output_bytes=100_000, policy="kill")
     assert (last(events).type, last(events).data["reason"]) == ("Killed", "output_limit")
