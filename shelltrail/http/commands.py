@@ -27,6 +27,8 @@ from shelltrail.http.queries import ListQuery, decode_keyset, encode_keyset
 from shelltrail.http.routes import CANNOT_STORE, Response, Route
 
 PREFIX = "/api/v1/commands"
+#: Versions are PostgreSQL integers: a cursor past this is not one this server handed out.
+_MAX_VERSION = 2**31 - 1
 
 
 def command_out(row: CommandState) -> Command:
@@ -115,7 +117,9 @@ async def versions(request: web.Request) -> web.Response:
         try:
             before = int(query.cursor)
         except ValueError:
-            raise HTTPProblem(400, "the cursor is not one this server handed out") from None
+            before = 0
+        if not 1 <= before <= _MAX_VERSION:
+            raise HTTPProblem(400, "the cursor is not one this server handed out")
     found = await list_command_versions(
         request.app[STORE].pool, row.id, limit=query.limit + 1, before_version=before
     )

@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,12 +64,17 @@ def encode_keyset(created_at: datetime, row_id: uuid.UUID) -> str:
 def decode_keyset(cursor: str | None) -> Keyset | None:
     if cursor is None:
         return None
+    refused = HTTPProblem(400, "the cursor is not one this server handed out")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, row_id = json.loads(raw)
-        keyset = Keyset(datetime.fromisoformat(created_at), uuid.UUID(row_id))
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise HTTPProblem(400, "the cursor is not one this server handed out") from None
-    if keyset.created_at.tzinfo is None:
-        raise HTTPProblem(400, "the cursor is not one this server handed out")
+        if not (isinstance(created_at, str) and isinstance(row_id, str)):
+            raise refused
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None:
+            raise refused
+        # In UTC, as the database compares it: an offset can push a date past year 9999.
+        keyset = Keyset(moment.astimezone(UTC), uuid.UUID(row_id))
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
+        raise refused from None
     return keyset

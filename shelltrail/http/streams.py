@@ -2,7 +2,8 @@
 
 Live streams follow the event store's subscriptions (history first, then live, no gap, no
 duplicate) and end after the run's terminal event. A comment line every 15 seconds keeps
-proxies from closing an idle stream; a client that goes away ends its stream at once.
+proxies from closing an idle stream; a client that goes away ends its stream within a second
+(aiohttp does not cancel the handler: each idle stream looks at its connection every second).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import collections
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Final
 
@@ -29,6 +31,10 @@ from shelltrail.http.queries import EventsQuery, OutputQuery, ReplayQuery
 from shelltrail.http.routes import Response, Route
 
 KEEPALIVE_SECONDS: Final = 15.0
+#: How often an idle stream looks whether its client is still there. aiohttp does not cancel
+#: a handler whose client left, and a stream of a silent run would otherwise wait for it.
+PRESENCE_SECONDS: Final = 1.0
+_MAX_VERSION: Final = 2**31 - 1
 _PAGE_BYTES: Final = 16 * 1024 * 1024
 TERMINAL_TYPES: Final = frozenset(t.__name__ for t in TERMINAL_EVENT_TYPES)
 
@@ -63,6 +69,27 @@ def sse_message(event: StoredEvent) -> bytes:
     return message
 
 
+def _resume_after(request: web.Request, after: int, head: int) -> int:
+    """The version a live stream starts after: ``Last-Event-ID`` if sent, else ``after``."""
+    last_id = request.headers.get("Last-Event-ID")
+    if last_id is not None:
+        try:
+            after = int(last_id)
+        except ValueError:
+            after = -1
+        if not 0 <= after <= _MAX_VERSION:
+            raise HTTPProblem(400, f"Last-Event-ID must be an event version, not {last_id[:40]!r}")
+    if after > head:
+        # Nothing a client saw can be past the head: waiting for it would never end.
+        raise HTTPProblem(400, f"there is no event {after} yet: the process is at version {head}")
+    return after
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _open_sse(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
@@ -88,25 +115,29 @@ async def events(request: web.Request) -> web.StreamResponse:
                 next_after=page[-1].version if more else None,
             )
         )
-    after = query.after
-    last_id = request.headers.get("Last-Event-ID")
-    if last_id is not None:
-        try:
-            after = max(0, int(last_id))
-        except ValueError:
-            raise HTTPProblem(400, "Last-Event-ID must be an event version") from None
+    after = _resume_after(request, query.after, state.version)
     response = await _open_sse(request)
     if state.is_terminal and after >= state.version:
         return response  # nothing left to send
-    events = store.subscribe_with_idle(state.id, after=after, idle=KEEPALIVE_SECONDS)
+    tick = min(PRESENCE_SECONDS, KEEPALIVE_SECONDS)
+    events = store.subscribe_with_idle(state.id, after=after, idle=tick)
+    loop = asyncio.get_running_loop()
+    written = loop.time()
     try:
         async for event in events:
             if event is None:
-                await response.write(b": keep-alive\n\n")
+                if _client_gone(request):
+                    break
+                if loop.time() - written >= KEEPALIVE_SECONDS:
+                    await response.write(b": keep-alive\n\n")
+                    written = loop.time()
                 continue
             await response.write(sse_message(event))
+            written = loop.time()
             if event.type in TERMINAL_TYPES:
                 break
+    except ConnectionResetError:
+        pass  # the client went away while we wrote: its stream is over
     finally:
         await events.aclose()  # type: ignore[attr-defined]
     return response
@@ -140,17 +171,27 @@ async def output(request: web.Request) -> web.StreamResponse:
     first = await first_chunk_version(store.pool, state.id, query.stream, query.offset)
     after = first - 1 if first is not None else state.version
     position = query.offset
-    async for event in store.subscribe(state.id, after=after):
-        if event.type in TERMINAL_TYPES:
-            break
-        if event.type != "OutputChunk" or event.data["stream"] != query.stream:
-            continue
-        start, payload = event.data["offset"], event.payload or b""
-        if start + len(payload) <= position:
-            continue
-        piece = payload[max(0, position - start) :]
-        await response.write(piece)
-        position += len(piece)
+    events = store.subscribe_with_idle(state.id, after=after, idle=PRESENCE_SECONDS)
+    try:
+        async for event in events:
+            if event is None:
+                if _client_gone(request):
+                    break
+                continue
+            if event.type in TERMINAL_TYPES:
+                break
+            if event.type != "OutputChunk" or event.data["stream"] != query.stream:
+                continue
+            start, payload = event.data["offset"], event.payload or b""
+            if start + len(payload) <= position:
+                continue
+            piece = payload[max(0, position - start) :]
+            await response.write(piece)
+            position += len(piece)
+    except ConnectionResetError:
+        pass  # the client went away while we wrote
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
     return response
 
 
@@ -160,14 +201,38 @@ async def replay(request: web.Request) -> web.StreamResponse:
     state = await known_process(request)
     store = request.app[STORE]
     response = await _open_sse(request)
+    events = store.subscribe_with_idle(state.id, after=0, idle=PRESENCE_SECONDS)
+    try:
+        await _replay(request, response, events, query.speed)
+    except ConnectionResetError:
+        pass  # the client went away while we wrote
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    return response
+
+
+async def _replay(
+    request: web.Request,
+    response: web.StreamResponse,
+    events: AsyncIterator[StoredEvent | None],
+    speed: float,
+) -> None:
     previous: datetime | None = None
-    async for event in store.subscribe(state.id, after=0):
+    async for event in events:
+        if event is None:
+            if _client_gone(request):
+                return
+            continue
         if event.type == "OutputChunk":
             captured = datetime.fromisoformat(event.data["captured_at"])
-            if previous is not None and query.speed > 0:
-                delay = (captured - previous).total_seconds() / query.speed
-                if delay > 0:
-                    await asyncio.sleep(min(delay, 3600))
+            if previous is not None and speed > 0:
+                delay = min((captured - previous).total_seconds() / speed, 3600.0)
+                # In slices, so that a client that left does not hold the pause.
+                while delay > 0 and not _client_gone(request):
+                    await asyncio.sleep(min(delay, PRESENCE_SECONDS))
+                    delay -= PRESENCE_SECONDS
+                if _client_gone(request):
+                    return
             previous = captured
             chunk: dict[str, Any] = {
                 "stream": event.data["stream"],
@@ -182,7 +247,6 @@ async def replay(request: web.Request) -> web.StreamResponse:
             end = {"type": event.type, "version": event.version}
             await response.write(f"event: end\ndata: {json.dumps(end)}\n\n".encode())
             break
-    return response
 
 
 _SSE = {"text/event-stream": {"schema": {"type": "string"}}}

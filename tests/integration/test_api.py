@@ -217,6 +217,22 @@ async def test_oversized_body_is_413(api: Client) -> None:
     assert response.content_type == "application/problem+json"
 
 
+@pytest.mark.parametrize("cursor", ["99999999999", "0", "-1", "1" * 150, "x"])
+async def test_a_versions_cursor_out_of_range_is_a_bad_query(api: Client, cursor: str) -> None:
+    command = await create_command(api, "true")
+    response = await api.get(
+        f"/api/v1/commands/{command['id']}/versions", params={"cursor": cursor}, headers=auth()
+    )
+    assert response.status == 400
+    assert response.content_type == "application/problem+json"
+
+
+def _keyset(created_at: object, row_id: object = "00000000-0000-0000-0000-000000000001") -> str:
+    """A list cursor as the server encodes one, of any content."""
+    raw = json.dumps([created_at, row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
@@ -228,6 +244,12 @@ async def test_oversized_body_is_413(api: Client) -> None:
         ("GET", "/api/v1/commands?limit=0", 400),
         ("GET", "/api/v1/commands?limit=abc", 400),
         ("GET", "/api/v1/commands?cursor=garbage", 400),
+        # Cursors made by hand: values the database cannot take must not reach it.
+        ("GET", f"/api/v1/commands?cursor={_keyset('0001-01-01T00:00:00+05:00')}", 400),
+        ("GET", f"/api/v1/processes?cursor={_keyset('9999-12-31T23:59:59-05:00')}", 400),
+        ("GET", f"/api/v1/processes?cursor={_keyset('2026-01-01T00:00:00')}", 400),
+        ("GET", f"/api/v1/commands?cursor={_keyset('2026-01-01T00:00:00+00:00', [1])}", 400),
+        ("GET", f"/api/v1/commands?cursor={_keyset(20260101, 'x')}", 400),
         ("GET", "/api/v1/processes?status=sleeping", 400),
         ("GET", "/api/v1/processes?command_id=nope", 400),
     ],

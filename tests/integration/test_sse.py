@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +18,7 @@ from shelltrail.domain import Exited, OutputChunk, Queued, Started
 from shelltrail.eventstore import EventStore
 from shelltrail.http import streams
 from tests.conftest import TEST_NODE
-from tests.integration.conftest import auth
+from tests.integration.conftest import TOKENS, auth
 
 Client = TestClient[Any, Any]
 NOW = datetime.now(UTC)
@@ -198,3 +202,80 @@ async def test_the_foreground_middleware_counts_while_the_handler_runs(
     await _foreground(request(), streams)
     assert seen == [1, 1, 1, 0, 0]
     assert foreground.active == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "query", "detail"),
+    [
+        ("99999999999", "", "Last-Event-ID must be an event version"),
+        ("-1", "", "Last-Event-ID must be an event version"),
+        ("abc", "", "Last-Event-ID must be an event version"),
+        ("7", "", "there is no event 7 yet: the process is at version 1"),
+        (None, "?after=7", "there is no event 7 yet: the process is at version 1"),
+    ],
+)
+async def test_a_stream_cannot_resume_after_an_event_that_does_not_exist(
+    api: Client, store: EventStore, header: str | None, query: str, detail: str
+) -> None:
+    """Resuming past the head would wait for an event that will never come: 400 instead."""
+    process_id = uuid.uuid4()
+    await store.append(
+        process_id,
+        [Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="x", node=TEST_NODE)],
+        expected_version=0,
+    )
+    headers = {**auth("viewer"), "Accept": "text/event-stream"}
+    if header is not None:
+        headers["Last-Event-ID"] = header
+    response = await api.get(f"/api/v1/processes/{process_id}/events{query}", headers=headers)
+    assert response.status == 400
+    assert response.content_type == "application/problem+json"
+    assert (await response.json())["detail"].startswith(detail)
+
+
+def test_followers_that_leave_a_silent_run_are_released(live_server: str) -> None:
+    """A real server (aiohttp does not cancel a handler whose client left): the streams of
+    clients that went away end within seconds, though the run prints nothing and goes on."""
+    headers = {"Authorization": f"Bearer {TOKENS['admin']}", "Content-Type": "application/json"}
+
+    def call(method: str, path: str, body: object | None = None) -> Any:
+        request = urllib.request.Request(
+            live_server + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers=headers,
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read()) if response.status != 204 else None
+
+    def followers() -> float:
+        request = urllib.request.Request(live_server + "/metrics", headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+        line = next(x for x in text.splitlines() if x.startswith("shelltrail_live_followers "))
+        return float(line.split()[1])
+
+    command = call("POST", "/api/v1/commands", {"name": "silent", "script": "sleep 1000"})
+    process = call("POST", "/api/v1/processes", {"command_id": command["id"]})
+    paths = [
+        f"/api/v1/processes/{process['id']}/output?follow=true",
+        f"/api/v1/processes/{process['id']}/events",
+        f"/api/v1/processes/{process['id']}/replay",
+    ]
+    port = int(live_server.rsplit(":", 1)[1])
+    for path in paths:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+                f"Authorization: {headers['Authorization']}\r\n\r\n".encode()
+            )
+            assert conn.recv(12) == b"HTTP/1.1 200"
+    deadline = time.monotonic() + 2
+    while followers() < len(paths) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the last one may still be subscribing
+    deadline = time.monotonic() + 10
+    while (count := followers()) > 0:
+        assert time.monotonic() < deadline, f"{count:g} streams outlived their clients"
+        time.sleep(0.1)
+    assert call("GET", f"/api/v1/processes/{process['id']}")["status"] == "running"
+    call("POST", f"/api/v1/processes/{process['id']}/stop", {"signal": "KILL"})
