@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -55,6 +56,37 @@ class _Output(BaseModel):
 # --- commands -------------------------------------------------------------------------
 
 
+#: Linux refuses to exec with one argument or environment string of 128 KiB or more
+#: (MAX_ARG_STRLEN, with its NUL), or with all of them past a quarter of the stack limit
+#: (2 MiB by default): a run with such a value would be accepted, then fail to start. The
+#: command's env and the run's env and args each get 512 KiB, 1.5 MiB together at most.
+_EXEC_STRING_BYTES: Final = 128 * 1024
+_EXEC_TOTAL_BYTES: Final = 512 * 1024
+
+
+def _check_exec(field: str, strings: list[str]) -> None:
+    """Refuse strings that Linux would not pass to a program (see above)."""
+    total = 0
+    for text in strings:
+        size = len(text.encode(errors="replace")) + 1
+        if size > _EXEC_STRING_BYTES:
+            raise ValueError(f"each of {field} must be under 128 KiB in UTF-8")
+        total += size
+    if total > _EXEC_TOTAL_BYTES:
+        raise ValueError(f"{field} together must be at most 512 KiB in UTF-8")
+
+
+def _exec_env(env: dict[str, str]) -> dict[str, str]:
+    _check_exec("env", [f"{name}={value}" for name, value in env.items()])
+    return env
+
+
+ExecEnv = Annotated[
+    dict[EnvName, Annotated[NoNulText, StringConstraints(max_length=131_071)]],
+    AfterValidator(_exec_env),
+]
+
+
 class CommandIn(_Input):
     """A stored script: created by POST, replaced (as a new version) by PUT."""
 
@@ -64,9 +96,7 @@ class CommandIn(_Input):
     )
     description: Annotated[NoNulText, StringConstraints(max_length=10_000)] | None = None
     timeout_seconds: Annotated[float, Field(gt=0, le=31_536_000)] | None = None
-    env: dict[EnvName, Annotated[NoNulText, StringConstraints(max_length=131_072)]] = Field(
-        default_factory=dict, max_length=1000, json_schema_extra=_ENV_SCHEMA
-    )
+    env: ExecEnv = Field(default_factory=dict, max_length=1000, json_schema_extra=_ENV_SCHEMA)
     max_output_bytes: ByteCount | None = Field(
         default=None,
         description="Output kept per run (stdout and stderr together); default: the server's.",
@@ -76,10 +106,11 @@ class CommandIn(_Input):
         description="Beyond the cap: drop and count the bytes (truncate), or kill the run.",
     )
 
-    @field_validator("script")
+    @field_validator("script", mode="before")
     @classmethod
-    def _script_size(cls, script: str) -> str:
-        if len(script.encode()) > MAX_SCRIPT_BYTES:
+    def _script_size(cls, script: object) -> object:
+        # Before the other checks: a script too large is a 413 whatever else is wrong in it.
+        if isinstance(script, str) and len(script.encode(errors="replace")) > MAX_SCRIPT_BYTES:
             raise ScriptTooLarge
         return script
 
@@ -120,13 +151,19 @@ class CommandVersionOut(_Output):
 
 class ProcessIn(_Input):
     command_id: uuid.UUID
-    args: list[Annotated[NoNulText, StringConstraints(max_length=131_072)]] = Field(
-        default_factory=list, max_length=1000
+    args: list[Annotated[NoNulText, StringConstraints(max_length=131_071)]] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="The script's $1…$n: each under 128 KiB in UTF-8, 512 KiB together.",
     )
-    env: dict[EnvName, Annotated[NoNulText, StringConstraints(max_length=131_072)]] = Field(
-        default_factory=dict, max_length=1000, json_schema_extra=_ENV_SCHEMA
-    )
+    env: ExecEnv = Field(default_factory=dict, max_length=1000, json_schema_extra=_ENV_SCHEMA)
     timeout_seconds: Annotated[float, Field(gt=0, le=31_536_000)] | None = None
+
+    @field_validator("args")
+    @classmethod
+    def _args_fit_exec(cls, args: list[str]) -> list[str]:
+        _check_exec("args", args)
+        return args
 
 
 Status = Literal["queued", "running", "succeeded", "failed", "killed", "lost"]

@@ -80,13 +80,20 @@ def not_found(what: str) -> HTTPProblem:
     return HTTPProblem(404, f"{what} does not exist")
 
 
-async def read_body(request: web.Request, model: type[M]) -> M:
-    """The request's JSON body as ``model``: 415, 413, 400 or 422 when it is not one."""
+async def read_body(request: web.Request, model: type[M], *, empty: M | None = None) -> M:
+    """The request's JSON body as ``model``: 415, 413, 400 or 422 when it is not one.
+
+    With ``empty``, a request without a body (or with an empty one) means ``empty``.
+    """
+    if empty is not None and not request.body_exists:
+        return empty
+    raw = await request.read()  # aiohttp refuses bodies over client_max_size with 413
+    if empty is not None and not raw.strip():
+        return empty
     if request.content_type != "application/json":
         raise HTTPProblem(
             415, f"send the body as application/json, not {request.content_type or 'nothing'}"
         )
-    raw = await request.read()  # aiohttp refuses bodies over client_max_size with 413
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:

@@ -88,12 +88,25 @@ async def known_process(request: web.Request) -> ProcessState:
     return state if state is not None else await live_process(request)
 
 
-def same_key(earlier: ProcessState) -> web.Response:
+def same_key(earlier: ProcessState, body: ProcessIn) -> web.Response:
     """The answer to a repeated Idempotency-Key: the process it started, unless deleted.
 
+    The key stands for one request: sent again with another command, other args, env names
+    or timeout, it is refused (422), since the caller meant something else than what ran.
     A deleted process answers 404 everywhere, so it is not returned here either; the key
     stays taken (a retry must not start the run again), hence a conflict.
     """
+    if (earlier.command_id, earlier.args, sorted(earlier.env_names), earlier.timeout_seconds) != (
+        body.command_id,
+        tuple(body.args),
+        sorted(body.env),
+        body.timeout_seconds,
+    ):
+        raise HTTPProblem(
+            422,
+            f"this Idempotency-Key started process {earlier.id} with another request "
+            "(command, args, env names or timeout); send a new key for a new run",
+        )
     if earlier.deleted:
         raise HTTPProblem(
             409,
@@ -108,11 +121,11 @@ async def start(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= _MAX_IDEMPOTENCY_KEY:
         raise HTTPProblem(400, f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters")
+    body = await read_body(request, ProcessIn)
     if key is not None:
         earlier = await find_process_by_idempotency_key(store.pool, key)
         if earlier is not None:
-            return same_key(earlier)
-    body = await read_body(request, ProcessIn)
+            return same_key(earlier, body)
     version = await get_current_version(store.pool, body.command_id)
     if version is None:
         raise not_found(f"command {body.command_id}")
@@ -133,7 +146,7 @@ async def start(request: web.Request) -> web.Response:
         if key is not None:  # the same key raced another request, which won
             earlier = await find_process_by_idempotency_key(store.pool, key)
             if earlier is not None:
-                return same_key(earlier)
+                return same_key(earlier, body)
         raise
     # The process as its Queued event made it; later events may already be stored.
     state = project_process([event.recorded() for event in stored])
@@ -198,7 +211,7 @@ async def stop(request: web.Request) -> web.Response:
     # Reading the projection instead made a stop of 1,000 runs through the API take a
     # fifth longer (docs/benchmarks.md).
     state = await known_process(request)
-    body = await read_body(request, StopIn)
+    body = await read_body(request, StopIn, empty=StopIn())
     if state.is_terminal:
         raise HTTPProblem(409, f"the process has already ended ({state.status})")
     stopped = await request.app[SUPERVISOR].stop_run(

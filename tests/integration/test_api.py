@@ -203,6 +203,12 @@ async def test_a_script_over_one_mebibyte_is_413(api: Client) -> None:
 
     response = await api.post("/api/v1/commands", data=body(1024 * 1024 + 1), headers=headers)
     assert response.status == 413
+    # Too large is too large, whatever else is wrong with it (here a NUL).
+    with_nul = json.dumps({"name": "big", "script": "\u0000" + "#" * 1024 * 1024})
+    response = await api.post(
+        "/api/v1/commands", data=io.BytesIO(with_nul.encode()), headers=headers
+    )
+    assert response.status == 413
     exactly = await api.post("/api/v1/commands", data=body(1024 * 1024), headers=headers)
     assert exactly.status == 201
 
@@ -370,6 +376,62 @@ async def test_idempotency_key_returns_the_same_process(api: Client) -> None:
     )
     assert (first.status, second.status) == (201, 200)
     assert (await first.json())["id"] == (await second.json())["id"]
+
+
+async def test_an_idempotency_key_stands_for_one_request(api: Client) -> None:
+    """Reused with another request, the key is refused (422); with a body that is no request
+    at all, the body's own error comes first."""
+    command = await create_command(api, "true")
+    other = await create_command(api, "true")
+    headers = {**auth("operator"), "Idempotency-Key": "one-request"}
+    body = {"command_id": command["id"], "args": ["a"], "env": {"X": "1"}}
+    first = await api.post("/api/v1/processes", json=body, headers=headers)
+    assert first.status == 201
+    pid = (await first.json())["id"]
+    same = await api.post("/api/v1/processes", json={**body, "env": {"X": "2"}}, headers=headers)
+    assert same.status == 200  # env values are not recorded, only their names
+    for changed in (
+        {**body, "command_id": other["id"]},
+        {**body, "args": ["b"]},
+        {**body, "env": {"Y": "1"}},
+        {**body, "timeout_seconds": 5},
+    ):
+        refused = await api.post("/api/v1/processes", json=changed, headers=headers)
+        assert refused.status == 422, changed
+        assert refused.content_type == "application/problem+json"
+        assert pid in (await refused.json())["detail"]
+    garbage = await api.post("/api/v1/processes", data=b"garbage", headers=headers)
+    assert garbage.status == 415
+
+
+async def test_stop_without_a_body_takes_the_defaults(api: Client) -> None:
+    """Every field of a stop is optional: no body at all (or an empty one) means TERM, 10 s."""
+    command = await create_command(api, "sleep 1000")
+    for body in (None, b""):
+        process = await start(api, command["id"])
+        stop = await api.post(
+            f"/api/v1/processes/{process['id']}/stop", data=body, headers=auth("operator")
+        )
+        assert stop.status == 202
+        done = await wait_done(api, process["id"])
+        assert (done["status"], done["signal"], done["stop_reason"]) == ("killed", 15, "user")
+
+
+async def test_arguments_linux_would_refuse_to_pass_are_refused_up_front(api: Client) -> None:
+    """An arg of 128 KiB or more, or args past 512 KiB together, would fail at exec: 422."""
+    command = await create_command(api, 'echo "${#1}"')
+    for args in (["é" * 65_536], ["x" * 100_000] * 6):
+        refused = await api.post(
+            "/api/v1/processes",
+            json={"command_id": command["id"], "args": args},
+            headers=auth("operator"),
+        )
+        assert refused.status == 422
+        assert (await refused.json())["errors"][0]["field"] == "args"
+    largest = ["x" * (128 * 1024 - 1)]
+    process = await start(api, command["id"], args=largest)
+    done = await wait_done(api, process["id"])
+    assert done["status"] == "succeeded"
 
 
 async def test_the_key_of_a_deleted_process_is_a_conflict(api: Client) -> None:
