@@ -39,7 +39,11 @@ log = structlog.get_logger("shelltrail.http")
 #: Request bodies larger than this are refused with 413 before they are parsed. A script
 #: may be 1 MiB of UTF-8; JSON escaping can make its body several times larger.
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+#: The longest request line (path and query string) and header value answered; longer ones
+#: get a problem+json 400. aiohttp's own parser stops at ``_PARSER_LIMIT`` with a plain-text
+#: 400 of its own, so it is set well above.
 MAX_QUERY_BYTES: Final = 8 * 1024
+_PARSER_LIMIT: Final = 64 * 1024
 OPENAPI_PATH: Final = "/api/v1/openapi.json"
 DOCS_PATH: Final = "/api/docs"
 #: How long an append a request makes may wait to be stored before it is withdrawn and the
@@ -148,7 +152,7 @@ def create_app(
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
         middlewares=[_request_log, _foreground, _problems],
-        handler_args={"max_line_size": MAX_QUERY_BYTES, "max_field_size": MAX_QUERY_BYTES},
+        handler_args={"max_line_size": _PARSER_LIMIT, "max_field_size": _PARSER_LIMIT},
     )
     app[STORE] = store
     app[SUPERVISOR] = supervisor
@@ -220,12 +224,21 @@ def _authenticate(request: web.Request) -> Principal:
     return who
 
 
+def _check_sizes(request: web.Request) -> None:
+    if len(request.raw_path) > MAX_QUERY_BYTES:
+        raise HTTPProblem(400, f"the path and query string are longer than {MAX_QUERY_BYTES} bytes")
+    for name, value in request.headers.items():
+        if len(value) > MAX_QUERY_BYTES:
+            raise HTTPProblem(400, f"header {name[:40]} is longer than {MAX_QUERY_BYTES} bytes")
+
+
 @web.middleware
 async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as problem+json; an unexpected one as a bare 500, logged here."""
     # The appends this request makes give up (nothing stored) rather than wait forever.
     timeout = APPEND_TIMEOUT.set(REQUEST_APPEND_TIMEOUT)
     try:
+        _check_sizes(request)
         return await handler(request)
     except HTTPProblem as exc:
         return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)

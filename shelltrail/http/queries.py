@@ -49,7 +49,7 @@ class OutputQuery(_Query):
 
 class EventsQuery(_Query):
     after: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
-    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    limit: Annotated[int, Field(ge=1, le=500)] = 50  # as the lists'
 
 
 class ReplayQuery(_Query):

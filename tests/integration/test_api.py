@@ -233,6 +233,13 @@ async def test_a_versions_cursor_out_of_range_is_a_bad_query(api: Client, cursor
     assert response.content_type == "application/problem+json"
 
 
+async def test_a_header_too_long_is_a_problem(api: Client) -> None:
+    response = await api.get("/api/v1/commands", headers={**auth(), "X-Padding": "a" * (9 * 1024)})
+    assert response.status == 400
+    assert response.content_type == "application/problem+json"
+    assert "X-Padding" in (await response.json())["detail"]
+
+
 def _keyset(created_at: object, row_id: object = "00000000-0000-0000-0000-000000000001") -> str:
     """A list cursor as the server encodes one, of any content."""
     raw = json.dumps([created_at, row_id]).encode()
@@ -257,6 +264,8 @@ def _keyset(created_at: object, row_id: object = "00000000-0000-0000-0000-000000
         ("GET", f"/api/v1/commands?cursor={_keyset('2026-01-01T00:00:00+00:00', [1])}", 400),
         ("GET", f"/api/v1/commands?cursor={_keyset(20260101, 'x')}", 400),
         ("GET", "/api/v1/processes?status=sleeping", 400),
+        ("GET", "/api/v1/commands?name=" + "a" * 9000, 400),
+        ("GET", f"/api/v1/processes/{uuid.uuid4()}/events?limit=501", 400),
         ("GET", "/api/v1/processes?command_id=nope", 400),
     ],
 )
