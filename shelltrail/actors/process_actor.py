@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol
 import pykka
 import structlog
 
+from shelltrail.actors.rundirs import remove_rundir
 from shelltrail.actors.tree import MARKER, OrphanReaper, Sweeper, signal_group
 from shelltrail.domain import (
     Exited,
@@ -483,7 +484,9 @@ class ProcessActor(pykka.ThreadingActor):
         self._done = True
         try:
             if not self._config.keep_workdirs:
-                _remove_rundir(self._rundir)
+                error = remove_rundir(self._rundir)
+                if error is not None:
+                    self._log.warning("its directory could not be removed", error=str(error))
         finally:
             self._on_finished(self._spec.process_id, self._last_append)
             if stop:
@@ -534,16 +537,6 @@ def _release_pipe(buffer: _StreamBuffer) -> None:
     if buffer.grown:
         buffer.grown = False
         _GROWN_PIPES.release()
-
-
-def _remove_rundir(rundir: Path) -> None:
-    """Remove a run's directory: cheaply when the script left nothing behind."""
-    try:
-        os.rmdir(rundir / "work")
-        os.unlink(rundir / "script.sh")
-        os.rmdir(rundir)
-    except OSError:
-        shutil.rmtree(rundir, ignore_errors=True)
 
 
 def _now() -> datetime:

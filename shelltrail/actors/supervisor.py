@@ -11,7 +11,6 @@ import collections
 import concurrent.futures
 import contextlib
 import os
-import shutil
 import signal as signals
 import threading
 import uuid
@@ -24,6 +23,7 @@ import pykka
 import structlog
 
 from shelltrail.actors.process_actor import ProcessActor, RunnerConfig, RunSpec, Stop
+from shelltrail.actors.rundirs import remove_rundir
 from shelltrail.actors.tree import OrphanReaper, Sweeper, become_subreaper, kill_marked
 from shelltrail.domain import (
     CommandVersion,
@@ -395,9 +395,14 @@ class ProcessSupervisor:
         killed = await asyncio.to_thread(kill_marked, markers)
         if not self._config.keep_workdirs:
             for marker in markers:  # what the crashed runs left in their directories
-                await asyncio.to_thread(
-                    shutil.rmtree, self._config.runs_dir / marker, ignore_errors=True
-                )
+                rundir = self._config.runs_dir / marker
+                error = await asyncio.to_thread(remove_rundir, rundir)
+                if error is not None:
+                    log.warning(
+                        "a lost run's directory could not be removed",
+                        path=str(rundir),
+                        error=str(error),
+                    )
         now = datetime.now(UTC)
         for row in rows:
             lost = Lost(node=self._config.node, last_status=row["status"], detected_at=now)

@@ -1,0 +1,52 @@
+"""Removing a run's directory, whatever its script left in it.
+
+The standard library only: a test runs this module alone, as another user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+
+def remove_rundir(rundir: Path) -> OSError | None:
+    """Remove ``rundir`` and all in it; the error if some of it could not be removed.
+
+    The scripts run as the server's user and may leave directories it cannot write to
+    (Go's module cache, under ``$HOME``, which is the run's directory, is read-only), and
+    ``rmtree`` then fails half-way. Their permissions are given back, and it tries again.
+    """
+    try:  # cheaply, when the script left nothing behind
+        os.rmdir(rundir / "work")
+        os.unlink(rundir / "script.sh")
+        os.rmdir(rundir)
+    except OSError:
+        pass
+    else:
+        return None
+    for attempt in range(2):
+        try:
+            shutil.rmtree(rundir)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if attempt:
+                return exc
+            _make_writable(rundir)
+        else:
+            return None
+    return None
+
+
+def _make_writable(top: Path) -> None:
+    """Give every directory under ``top`` (not following links) back to its owner."""
+    with contextlib.suppress(OSError):
+        os.chmod(top, 0o700)
+    for path, dirs, _files in os.walk(top):
+        for name in dirs:
+            child = os.path.join(path, name)
+            if not os.path.islink(child):
+                with contextlib.suppress(OSError):
+                    os.chmod(child, 0o700)
