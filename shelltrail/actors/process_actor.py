@@ -153,6 +153,7 @@ class ProcessActor(pykka.ThreadingActor):
         self._marker = str(spec.process_id)
         self._log = structlog.get_logger(__name__).bind(process_id=self._marker)
         self._version = spec.version
+        self._append_failed = False
         self._last_append: concurrent.futures.Future[Any] | None = None
         # Absolute: the script runs in a directory below, and is given this path.
         self._rundir = config.runs_dir.absolute() / self._marker
@@ -181,7 +182,7 @@ class ProcessActor(pykka.ThreadingActor):
                     signal_group(self._proc.pid, signal.SIGKILL)
                     self._proc.wait()
                     self._reaper.release(self._proc.pid)
-                self._emit([StartFailed(reason=str(exc), failed_at=_now())])
+                self._emit([StartFailed(reason=str(exc), failed_at=_now())], last=True)
             finally:
                 self._conclude()
             return
@@ -215,7 +216,7 @@ class ProcessActor(pykka.ThreadingActor):
             else Lost(node=self._config.node, last_status="running", detected_at=_now())
         )
         with contextlib.suppress(Exception):
-            self._emit([ending])
+            self._emit([ending], last=True)
         self._close_fds()
         self._conclude(stop=False)  # pykka is already stopping this actor
 
@@ -454,7 +455,7 @@ class ProcessActor(pykka.ThreadingActor):
             events.append(
                 Exited(exit_code=exit_code, signal=ended_by, finished_at=_now(), **resources)  # type: ignore[arg-type]
             )
-        self._emit(events)
+        self._emit(events, last=True)
         self._close_fds()
         self._log.debug("run ended", exit_code=exit_code, signal=ended_by)
         self._conclude()
@@ -506,16 +507,25 @@ class ProcessActor(pykka.ThreadingActor):
         for buffer in self._streams.values():
             _release_pipe(buffer)
 
-    def _emit(self, events: Sequence[ProcessEvent]) -> None:
-        """Hand events to the writer; blocks while the writer is behind."""
-        future = self._sink(self._spec.process_id, events, expected_version=self._version)
+    def _emit(self, events: Sequence[ProcessEvent], *, last: bool = False) -> None:
+        """Hand events to the writer; blocks while the writer is behind.
+
+        Each append expects the version the actor's own appends lead to, but the one that
+        ends the run (``last``), and every one after an append failed: once the versions
+        may be off, the run must still be closed, so they go at the stream's head. The
+        event checks refuse a second end if something else closed it meanwhile.
+        """
+        expected = None if last or self._append_failed else self._version
+        future = self._sink(self._spec.process_id, events, expected_version=expected)
         self._version += len(events)
         future.add_done_callback(self._check_append)
         self._last_append = future
 
     def _check_append(self, future: concurrent.futures.Future[Any]) -> None:
+        """Runs where the append resolved (the event loop): note and log, never block."""
         exc = future.exception()
         if exc is not None:
+            self._append_failed = True
             self._log.error("appending the run's events failed", error=str(exc))
 
 

@@ -615,7 +615,7 @@ class EventWriter:
         self._busy.update(p.stream_id for p in batch)
         return batch
 
-    async def _write(
+    async def _write(  # noqa: PLR0912 -- each way a commit can fail, side by side
         self, batch: list[_Pending], lead: _Lead | None = None, prepared: _Attempt | None = None
     ) -> None:
         delay = 0.05
@@ -624,6 +624,7 @@ class EventWriter:
         # Once a try has failed after sending COMMIT, it may have committed: retries write
         # the same rows (or find them stored), and nothing is withdrawn from this batch.
         doubtful = False
+        reread = False  # an append "at the head" retried once after a stale cached head
         try:
             while True:
                 started = time.perf_counter()
@@ -652,6 +653,17 @@ class EventWriter:
                     if len(batch) == 1:
                         self._heads.pop(batch[0].stream_id, None)
                         self._states.pop(batch[0].stream_id, None)
+                        if (
+                            isinstance(exc, asyncpg.UniqueViolationError)
+                            and batch[0].expected_version is None
+                            and not reread
+                        ):
+                            # "At the head", and the cached head was stale (another node
+                            # wrote the stream): once more, from the head read afresh.
+                            reread = True
+                            attempts.clear()
+                            prepared = None
+                            continue
                         outcomes = [_as_store_error(batch[0], exc)]
                     else:
                         # One request spoiled the transaction: give each its own.

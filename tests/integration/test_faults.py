@@ -447,7 +447,7 @@ def test_a_full_disk_holds_runs_back_and_the_server_recovers(
                         ("/api/v1/commands", {"name": "big", "script": ": " + _noise(600_000)}),
                         (
                             "/api/v1/processes",
-                            {"command_id": command, "args": [_noise(100_000) for _ in range(6)]},
+                            {"command_id": command, "args": [_noise(100_000) for _ in range(5)]},
                         ),
                     )
                 ]

@@ -25,10 +25,15 @@ from shelltrail.actors import (
 )
 from shelltrail.actors.process_actor import _FLOOD_PIPE_BYTES
 from shelltrail.actors.tree import descendants, find_marked, kill_marked
+from shelltrail.domain import OutputChunk
 from shelltrail.eventstore import EventStore
 from shelltrail.eventstore.writer import StoreUnavailable
 from tests.conftest import TEST_NODE
 from tests.integration.runs import Runs, last, no_survivors, output
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 async def test_both_streams_and_the_exit_code(runs: Runs) -> None:
@@ -203,6 +208,33 @@ async def test_a_command_may_keep_no_output_at_all(runs: Runs) -> None:
     truncated = next(e for e in events if e.type == "OutputTruncated")
     assert truncated.data == {"limit_bytes": 0, "dropped_bytes": 12, "policy": "truncate"}
     assert (last(events).type, last(events).data["exit_code"]) == ("Exited", 0)
+
+
+@pytest.mark.parametrize("then", ["echo after", "true"])
+async def test_a_run_whose_stream_another_writer_touched_is_still_closed(
+    runs: Runs, database_url: str, tmp_path: Path, then: str
+) -> None:
+    """Another writer appends to a running run's stream (here: another node's store), so
+    the actor's next append conflicts, whether that is more output or the run's end. The
+    run still ends with its terminal event: never left "running" with nobody to close it."""
+    gate = tmp_path / "go"
+    pid = await runs.start(f'echo ready; while [ ! -e "{gate}" ]; do sleep 0.02; done; {then}')
+    await runs.wait_for_output(pid, b"ready")
+    other = await EventStore.open(database_url, node="other")
+    try:
+        head = await runs.store.stream_version(pid)
+        foreign = [
+            OutputChunk(stream="stderr", offset=i, length=1, captured_at=_now(), data=b"!")
+            for i in range(2)  # two: the actor's versions are now off by more than its own
+        ]
+        await other.append(pid, foreign, expected_version=head)
+    finally:
+        await other.close()
+    gate.touch()
+    events = await runs.wait(pid)
+    assert (last(events).type, last(events).data["exit_code"]) == ("Exited", 0)
+    stored = await runs.store.pool.fetchval("SELECT status FROM processes WHERE id = $1", pid)
+    assert stored == "succeeded"
 
 
 async def test_output_cap_with_kill_policy(runs: Runs) -> None:
