@@ -91,16 +91,18 @@ async def known_process(request: web.Request) -> ProcessState:
 def same_key(earlier: ProcessState, body: ProcessIn) -> web.Response:
     """The answer to a repeated Idempotency-Key: the process it started, unless deleted.
 
-    The key stands for one request: sent again with another command, other args, env names
-    or timeout, it is refused (422), since the caller meant something else than what ran.
-    A deleted process answers 404 everywhere, so it is not returned here either; the key
-    stays taken (a retry must not start the run again), hence a conflict.
+    The key stands for one request: sent again with another command, other args, an env
+    name the run did not have, or a timeout other than the run's, it is refused (422), since
+    the caller meant something else than what ran. (The run records the env names and the
+    timeout with the command's merged in, and env values not at all, so only these can be
+    told apart.) A deleted process answers 404 everywhere, so it is not returned here
+    either; the key stays taken (a retry must not start the run again), hence a conflict.
     """
-    if (earlier.command_id, earlier.args, sorted(earlier.env_names), earlier.timeout_seconds) != (
-        body.command_id,
-        tuple(body.args),
-        sorted(body.env),
-        body.timeout_seconds,
+    if (
+        earlier.command_id != body.command_id
+        or earlier.args != tuple(body.args)
+        or not set(body.env) <= set(earlier.env_names)
+        or body.timeout_seconds not in (None, earlier.timeout_seconds)
     ):
         raise HTTPProblem(
             422,

@@ -280,6 +280,8 @@ class ProcessModel:
     timeout: float | None
     key: str | None
     created_at: datetime
+    #: The body that started it (sent again with its Idempotency-Key).
+    request: dict[str, Any] = field(default_factory=dict)
     #: Signal and grace of the user's stop request, once 202 answered it.
     stop: tuple[str, float | None] | None = None
     #: The body once the run is known to have ended.
@@ -625,25 +627,30 @@ class ApiMachine(RuleBasedStateMachine):
             timeout=timeout,
             key=key,
             created_at=utc(started["created_at"]),
+            request=body,
         )
         self.check_process_body(started, model)
         self.processes[model.id] = model
 
     @precondition(lambda self: any(p.key for p in self.processes.values()))
-    @rule(data=st.data())
-    def start_again_with_the_same_key(self, data: st.DataObject) -> None:
-        """The same Idempotency-Key answers 200 with the same process, whatever the body."""
+    @rule(data=st.data(), same=st.booleans())
+    def start_again_with_the_same_key(self, data: st.DataObject, same: bool) -> None:
+        """The same Idempotency-Key with the same request answers 200 with the same process;
+        with another request (here: another command), 422."""
         keyed = [p for p in self.processes.values() if p.key]
         model = data.draw(st.sampled_from(keyed))
         assert model.key is not None
-        some_command = str(uuid.uuid4())  # the key alone decides
+        body = model.request if same else {**model.request, "command_id": str(uuid.uuid4())}
         reply = self.api.call(
             "POST",
             "/api/v1/processes",
             role="operator",
-            body={"command_id": some_command},
+            body=body,
             headers={"Idempotency-Key": model.key},
         )
+        if not same:
+            reply.problem(422)
+            return
         if model.deleted:
             reply.problem(409)  # the key stays taken; the process is gone
             return
