@@ -409,7 +409,7 @@ async def main() -> None:
     command = CommandVersion(
         command_id=uuid.uuid4(), version=1, name="n", description=None, timeout_seconds=None,
         env={}, max_output_bytes=None, output_limit_policy="truncate", created_at=datetime.now(UTC),
-        script="sleep 1000 & setsid sleep 1000 & while true; do echo tick; sleep 0.05; done",
+        script="sleep 1000 & setsid sleep 1000 & echo tick; wait",  # silent: no SIGPIPE
     )
     for _ in range(10):
         await supervisor.start_run(command)
@@ -418,6 +418,16 @@ async def main() -> None:
 
 asyncio.run(main())
 """
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive (a zombie, killed and not yet reaped, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != b"Z"
 
 
 async def test_a_crashed_server_leaves_no_survivor_and_its_runs_are_lost(
@@ -446,8 +456,16 @@ async def test_a_crashed_server_leaves_no_survivor_and_its_runs_are_lost(
                 await asyncio.sleep(0.02)
 
     await asyncio.wait_for(all_ticking(), 30)
+    mains = [r["pid"] for r in await store.pool.fetch("SELECT pid FROM processes")]
+    assert all(mains)
+    assert all(_running(pid) for pid in mains)
     server.kill()
     await server.wait()
+    # The parent-death signal: the main processes die with the server, before any restart.
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in mains):
+        assert time.monotonic() < deadline, "the runs' main processes outlived the server"
+        await asyncio.sleep(0.02)
 
     config = RunnerConfig(node="crash-node", runs_dir=tmp_path / "runs")
     restarted = ProcessSupervisor(store, config, SupervisorLimits())
