@@ -331,7 +331,12 @@ class ProcessActor(pykka.ThreadingActor):
             kept = max(room, 0)
             self._dropped += len(data) - kept
             data = data[:kept]
-            if self._spec.output_limit_policy == "kill" and self._stopping is None:
+            if (
+                self._spec.output_limit_policy == "kill"
+                and self._stopping is None
+                and self._proc is not None
+                and self._proc.returncode is None  # not after its end, while draining
+            ):
                 self._request_stop(
                     Stop(signal=signal.SIGKILL, grace_seconds=0, reason="output_limit")
                 )

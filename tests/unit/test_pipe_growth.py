@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import fcntl
 import os
+import subprocess
 import tempfile
 import threading
 import uuid
@@ -119,3 +120,45 @@ def test_reads_take_a_mib_while_the_pipe_stays_full_and_64_kib_after(tmp_path: P
     assert [c.offset for c in chunks] == [
         sum(c.length for c in chunks[:i]) for i in range(len(chunks))
     ]
+
+
+def test_output_past_the_cap_read_after_the_end_does_not_make_a_kill(tmp_path: Path) -> None:
+    """Policy kill, but the cap is crossed only by what is drained after the main process
+    ended (and was reaped): the bytes are dropped and counted; no stop is requested, so the
+    run ends as it did, not "killed" with an exit code."""
+    appended: list[ProcessEvent] = []
+
+    def sink(
+        stream_id: uuid.UUID, events: Sequence[ProcessEvent], *, expected_version: int | None
+    ) -> concurrent.futures.Future[Any]:
+        appended.extend(events)
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        done.set_result(None)
+        return done
+
+    actor = ProcessActor(
+        RunSpec(
+            process_id=uuid.uuid4(), script="true", max_output_bytes=4, output_limit_policy="kill"
+        ),
+        RunnerConfig(node="test", runs_dir=tmp_path),
+        sink=sink,
+        sweeper=None,  # type: ignore[arg-type]
+        reaper=None,  # type: ignore[arg-type]
+        wake_fd=-1,
+        on_finished=lambda *_: None,
+    )
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # reaped, as _finish has it before draining the pipes
+    actor._proc = ended
+    read_end, write_end = os.pipe2(os.O_NONBLOCK)
+    buffer = _StreamBuffer(name="stdout", fd=read_end)
+    try:
+        os.write(write_end, b"0123456789")
+        actor._read(buffer)
+        actor._flush([buffer])
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert actor._stopping is None
+    assert actor._dropped == 6
+    assert [type(e).__name__ for e in appended] == ["OutputChunk"]
