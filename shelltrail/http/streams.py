@@ -286,7 +286,10 @@ ROUTES = [
             200: Response(
                 "The bytes from `offset`; with `follow=true`, streamed until the run ends.",
                 media={"application/octet-stream": {"schema": {"type": "string"}}},
-                headers={"X-Next-Offset": "The offset after the last byte returned."},
+                headers={
+                    "X-Next-Offset": "The offset after the last byte returned (not sent with "
+                    "`follow=true`, whose end is `offset` plus the bytes received)."
+                },
             ),
             **_ERRORS,
         },
