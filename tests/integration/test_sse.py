@@ -21,6 +21,19 @@ from tests.conftest import TEST_NODE
 from tests.integration.conftest import TOKENS, auth
 
 Client = TestClient[Any, Any]
+
+
+async def _a_queued_run(store: EventStore) -> uuid.UUID:
+    """A new run with only its Queued event (version 1)."""
+    process_id = uuid.uuid4()
+    await store.append(
+        process_id,
+        [Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="x", node=TEST_NODE)],
+        expected_version=0,
+    )
+    return process_id
+
+
 NOW = datetime.now(UTC)
 
 
@@ -89,12 +102,7 @@ async def test_idle_streams_get_keepalive_comments(
     api: Client, store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(streams, "KEEPALIVE_SECONDS", 0.05)
-    process_id = uuid.uuid4()
-    await store.append(
-        process_id,
-        [Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="x", node=TEST_NODE)],
-        expected_version=0,
-    )
+    process_id = await _a_queued_run(store)
     async with api.get(
         f"/api/v1/processes/{process_id}/events",
         headers={**auth("viewer"), "Accept": "text/event-stream"},
@@ -107,12 +115,7 @@ async def test_a_client_that_leaves_releases_its_subscription(
     api: Client, store: EventStore
 ) -> None:
     """An abandoned stream does not keep a follower in the server."""
-    process_id = uuid.uuid4()
-    await store.append(
-        process_id,
-        [Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="x", node=TEST_NODE)],
-        expected_version=0,
-    )
+    process_id = await _a_queued_run(store)
     for _ in range(3):
         async with api.get(
             f"/api/v1/processes/{process_id}/events",
@@ -218,12 +221,7 @@ async def test_a_stream_cannot_resume_after_an_event_that_does_not_exist(
     api: Client, store: EventStore, header: str | None, query: str, detail: str
 ) -> None:
     """Resuming past the head would wait for an event that will never come: 400 instead."""
-    process_id = uuid.uuid4()
-    await store.append(
-        process_id,
-        [Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="x", node=TEST_NODE)],
-        expected_version=0,
-    )
+    process_id = await _a_queued_run(store)
     headers = {**auth("viewer"), "Accept": "text/event-stream"}
     if header is not None:
         headers["Last-Event-ID"] = header

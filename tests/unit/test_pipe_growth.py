@@ -75,7 +75,9 @@ def test_no_more_pipes_grow_than_the_budget(monkeypatch: pytest.MonkeyPatch) -> 
             os.close(w)
 
 
-def test_reads_take_a_mib_while_the_pipe_stays_full_and_64_kib_after(tmp_path: Path) -> None:
+def _reading_actor(spec: RunSpec, runs_dir: Path) -> tuple[ProcessActor, list[ProcessEvent]]:
+    """An actor never started, for its reading alone, fed by a pipe of the test's; and the
+    events it appends."""
     appended: list[ProcessEvent] = []
 
     def sink(
@@ -86,15 +88,20 @@ def test_reads_take_a_mib_while_the_pipe_stays_full_and_64_kib_after(tmp_path: P
         done.set_result(None)
         return done
 
-    actor = ProcessActor(  # never started: its reading alone, fed by a pipe of the test's
-        RunSpec(process_id=uuid.uuid4(), script="true"),
-        RunnerConfig(node="test", runs_dir=tmp_path),
+    actor = ProcessActor(
+        spec,
+        RunnerConfig(node="test", runs_dir=runs_dir),
         sink=sink,
         sweeper=None,  # type: ignore[arg-type]
         reaper=None,  # type: ignore[arg-type]
         wake_fd=-1,
         on_finished=lambda *_: None,
     )
+    return actor, appended
+
+
+def test_reads_take_a_mib_while_the_pipe_stays_full_and_64_kib_after(tmp_path: Path) -> None:
+    actor, appended = _reading_actor(RunSpec(process_id=uuid.uuid4(), script="true"), tmp_path)
     read_end, write_end = os.pipe2(os.O_NONBLOCK)
     buffer = _StreamBuffer(name="stdout", fd=read_end)
     try:
@@ -126,27 +133,10 @@ def test_output_past_the_cap_read_after_the_end_does_not_make_a_kill(tmp_path: P
     """Policy kill, but the cap is crossed only by what is drained after the main process
     ended (and was reaped): the bytes are dropped and counted; no stop is requested, so the
     run ends as it did, not "killed" with an exit code."""
-    appended: list[ProcessEvent] = []
-
-    def sink(
-        stream_id: uuid.UUID, events: Sequence[ProcessEvent], *, expected_version: int | None
-    ) -> concurrent.futures.Future[Any]:
-        appended.extend(events)
-        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        done.set_result(None)
-        return done
-
-    actor = ProcessActor(
-        RunSpec(
-            process_id=uuid.uuid4(), script="true", max_output_bytes=4, output_limit_policy="kill"
-        ),
-        RunnerConfig(node="test", runs_dir=tmp_path),
-        sink=sink,
-        sweeper=None,  # type: ignore[arg-type]
-        reaper=None,  # type: ignore[arg-type]
-        wake_fd=-1,
-        on_finished=lambda *_: None,
+    spec = RunSpec(
+        process_id=uuid.uuid4(), script="true", max_output_bytes=4, output_limit_policy="kill"
     )
+    actor, appended = _reading_actor(spec, tmp_path)
     ended = subprocess.Popen(["true"])
     ended.wait()  # reaped, as _finish has it before draining the pipes
     actor._proc = ended
