@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import resource
 import signal
 import sys
@@ -20,7 +21,7 @@ from aiohttp import web
 from shelltrail import allocator
 from shelltrail.actors import ProcessSupervisor, RunnerConfig, SupervisorLimits
 from shelltrail.actors.tree import hide_from_scripts
-from shelltrail.config import Settings, redact_url
+from shelltrail.config import PREFIX, Settings, redact_url
 from shelltrail.eventstore import DatabaseUnavailable, EventStore, init_connection
 from shelltrail.eventstore.embedded import EmbeddedPostgres
 from shelltrail.eventstore.lease import NodeLease
@@ -119,6 +120,7 @@ async def serve(settings: Settings) -> None:
     the grace period, write every pending event, stop the embedded database.
     """
     _raise_open_file_limit()
+    _forget_secrets()
     allocator.fix_thresholds()
     if not hide_from_scripts():
         log.warning("cannot hide the server's environment from its scripts (prctl failed)")
@@ -180,6 +182,17 @@ async def _serve_as_node(settings: Settings, url: str, tokens: TokenRegistry) ->
         await runner.cleanup()
     finally:
         await store.close()
+
+
+def _forget_secrets() -> None:
+    """Drop the settings' secrets from the environment that child processes inherit.
+
+    They were read into Settings already. The scripts get an environment of their own, but
+    other children (the embedded PostgreSQL, started with the server's environment) would
+    carry them, readable in their /proc entries by anything of the same user.
+    """
+    for name in ("TOKENS", "DATABASE_URL"):
+        os.environ.pop(PREFIX + name, None)
 
 
 def _is_loopback(host: str) -> bool:

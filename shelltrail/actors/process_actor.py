@@ -334,8 +334,7 @@ class ProcessActor(pykka.ThreadingActor):
             if (
                 self._spec.output_limit_policy == "kill"
                 and self._stopping is None
-                and self._proc is not None
-                and self._proc.returncode is None  # not after its end, while draining
+                and not self._main_exited()  # what is drained after the end is only dropped
             ):
                 self._request_stop(
                     Stop(signal=signal.SIGKILL, grace_seconds=0, reason="output_limit")
@@ -394,6 +393,19 @@ class ProcessActor(pykka.ThreadingActor):
             self._kill_at = None
             assert self._proc is not None
             signal_group(self._proc.pid, signal.SIGKILL)
+
+    def _main_exited(self) -> bool:
+        """Whether the main process has ended: reaped, or exited and not yet reaped (its
+        pidfd may be ready in the same wake-up as the pipe being read)."""
+        if self._proc is None or self._proc.returncode is not None:
+            return True
+        if self._pidfd < 0:
+            return False
+        try:
+            ended = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return ended is not None
 
     def _request_stop(self, stop: Stop) -> None:
         assert self._proc is not None
@@ -516,9 +528,11 @@ class ProcessActor(pykka.ThreadingActor):
         """Hand events to the writer; blocks while the writer is behind.
 
         Each append expects the version the actor's own appends lead to, but the one that
-        ends the run (``last``), and every one after an append failed: once the versions
-        may be off, the run must still be closed, so they go at the stream's head. The
-        event checks refuse a second end if something else closed it meanwhile.
+        ends the run (``last``), and those made after an append was seen to fail: once the
+        versions may be off, the run must still be closed, so they go at the stream's head.
+        What this rescues is the end: output after a lost chunk is refused by the offset
+        check, and appends already queued keep their versions. The event checks refuse a
+        second end if something else closed the run meanwhile.
         """
         expected = None if last or self._append_failed else self._version
         future = self._sink(self._spec.process_id, events, expected_version=expected)

@@ -42,6 +42,8 @@ def remove_rundir(rundir: Path) -> OSError | None:
 
 def _make_writable(top: Path) -> None:
     """Give every directory under ``top`` (not following links) back to its owner."""
+    if os.path.islink(top):  # a run's directory replaced by a link: touch nothing
+        return
     with contextlib.suppress(OSError):
         os.chmod(top, 0o700)
     for path, dirs, _files in os.walk(top):

@@ -26,7 +26,7 @@ from shelltrail.http.auth import Role
 from shelltrail.http.context import STORE, json_response
 from shelltrail.http.models import EventItem, EventPage, Problem
 from shelltrail.http.problems import HTTPProblem, parse_query
-from shelltrail.http.processes import PREFIX, known_process
+from shelltrail.http.processes import PREFIX, known_process, live_process
 from shelltrail.http.queries import EventsQuery, OutputQuery, ReplayQuery
 from shelltrail.http.routes import Response, Route
 
@@ -115,7 +115,13 @@ async def events(request: web.Request) -> web.StreamResponse:
                 next_after=page[-1].version if more else None,
             )
         )
-    after = _resume_after(request, query.after, state.version)
+    try:
+        after = _resume_after(request, query.after, state.version)
+    except HTTPProblem:
+        # This server's state of a run it writes may lag behind another node's appends:
+        # ask the projection before refusing.
+        state = await live_process(request)
+        after = _resume_after(request, query.after, state.version)
     response = await _open_sse(request)
     if state.is_terminal and after >= state.version:
         return response  # nothing left to send

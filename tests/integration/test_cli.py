@@ -196,6 +196,33 @@ def test_embedded_database_survives_restarts_and_crashes(tmp_path: Path) -> None
     assert not _postmaster_alive(data_dir)
 
 
+@pytest.mark.slow
+def test_the_embedded_database_does_not_inherit_the_servers_secrets(tmp_path: Path) -> None:
+    """The embedded PostgreSQL is a child of the server: its environment, readable in /proc by
+    any process of the same user (a script), holds neither the tokens nor a database URL."""
+    data_dir = tmp_path / "data"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SHELLTRAIL_")}
+    port = free_port()
+    secret = "s3cret-" + uuid.uuid4().hex
+    env = {
+        **base,
+        "SHELLTRAIL_DATA_DIR": str(data_dir),
+        "SHELLTRAIL_PORT": str(port),
+        "SHELLTRAIL_TOKENS": f"admin:admin:{secret}",
+    }
+    server = subprocess.Popen([*SHELLTRAIL, "serve"], env=env, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(port, server)
+        postmaster = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+        environ = Path(f"/proc/{postmaster}/environ").read_bytes()
+        assert b"PATH=" in environ  # it was read
+        assert secret.encode() not in environ
+        assert b"SHELLTRAIL_TOKENS" not in environ
+    finally:
+        server.send_signal(signal.SIGTERM)  # a clean exit stops the embedded PostgreSQL too
+        assert server.wait(30) == 0
+
+
 def test_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:
     """Without SHELLTRAIL_TOKENS the server binds only to loopback."""
     result = run_cli(

@@ -277,3 +277,34 @@ def test_followers_that_leave_a_silent_run_are_released(live_server: str) -> Non
         time.sleep(0.1)
     assert call("GET", f"/api/v1/processes/{process['id']}")["status"] == "running"
     call("POST", f"/api/v1/processes/{process['id']}/stop", {"signal": "KILL"})
+
+
+async def test_a_stream_resumes_after_events_another_node_appended(
+    api: Client, store: EventStore, database_url: str
+) -> None:
+    """This server's state of a run it wrote lags behind another node's appends; a client
+    resuming after one of those is not refused: the projection is asked first."""
+    process_id = uuid.uuid4()
+    started = datetime.now(UTC)
+    await store.append(
+        process_id,
+        [
+            Queued(command_id=uuid.uuid4(), command_version=1, script_sha256="x", node=TEST_NODE),
+            Started(pid=1, pgid=1, node=TEST_NODE, started_at=started),
+        ],
+        expected_version=0,
+    )
+    assert store.live_state(process_id) is not None  # this server's own view: version 2
+    other = await EventStore.open(database_url, node="other")
+    try:
+        chunk = OutputChunk(stream="stdout", offset=0, length=1, captured_at=started, data=b"x")
+        ended = Exited(exit_code=0, signal=None, finished_at=datetime.now(UTC))
+        await other.append(process_id, [chunk, ended], expected_version=2)
+    finally:
+        await other.close()
+    response = await api.get(
+        f"/api/v1/processes/{process_id}/events",
+        headers={**auth("viewer"), "Accept": "text/event-stream", "Last-Event-ID": "4"},
+    )
+    assert response.status == 200
+    assert await response.read() == b""  # it saw the end already: nothing left to send

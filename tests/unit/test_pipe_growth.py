@@ -129,17 +129,26 @@ def test_reads_take_a_mib_while_the_pipe_stays_full_and_64_kib_after(tmp_path: P
     ]
 
 
-def test_output_past_the_cap_read_after_the_end_does_not_make_a_kill(tmp_path: Path) -> None:
-    """Policy kill, but the cap is crossed only by what is drained after the main process
-    ended (and was reaped): the bytes are dropped and counted; no stop is requested, so the
-    run ends as it did, not "killed" with an exit code."""
+@pytest.mark.parametrize("reaped", [True, False])
+def test_output_past_the_cap_read_after_the_end_does_not_make_a_kill(
+    tmp_path: Path, reaped: bool
+) -> None:
+    """Policy kill, but the cap is crossed only by what is read after the main process
+    ended: reaped already (``_finish`` drains the pipes), or exited and not yet reaped (its
+    last write and its exit arrive in one wake-up, the pipe read first). The bytes are
+    dropped and counted; no stop is requested, so the run ends as it did, not "killed"."""
     spec = RunSpec(
         process_id=uuid.uuid4(), script="true", max_output_bytes=4, output_limit_policy="kill"
     )
     actor, appended = _reading_actor(spec, tmp_path)
     ended = subprocess.Popen(["true"])
-    ended.wait()  # reaped, as _finish has it before draining the pipes
     actor._proc = ended
+    if reaped:
+        ended.wait()
+    else:
+        actor._pidfd = os.pidfd_open(ended.pid)
+        while os.waitid(os.P_PID, ended.pid, os.WEXITED | os.WNOWAIT) is None:
+            pass  # exited, left unreaped
     read_end, write_end = os.pipe2(os.O_NONBLOCK)
     buffer = _StreamBuffer(name="stdout", fd=read_end)
     try:
@@ -149,6 +158,9 @@ def test_output_past_the_cap_read_after_the_end_does_not_make_a_kill(tmp_path: P
     finally:
         os.close(read_end)
         os.close(write_end)
+    if not reaped:
+        os.close(actor._pidfd)
+        ended.wait()
     assert actor._stopping is None
     assert actor._dropped == 6
     assert [type(e).__name__ for e in appended] == ["OutputChunk"]
