@@ -41,9 +41,10 @@ log = structlog.get_logger("shelltrail.http")
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 #: The longest request line (path and query string) and header value answered; longer ones
 #: get a problem+json 400. aiohttp's own parser stops at ``_PARSER_LIMIT`` with a plain-text
-#: 400 of its own, so it is set well above.
+#: 400 of its own, so it is set above; not far above, since it bounds what a request may
+#: make the server buffer before it is refused (up to 128 header lines of that size).
 MAX_QUERY_BYTES: Final = 8 * 1024
-_PARSER_LIMIT: Final = 64 * 1024
+_PARSER_LIMIT: Final = 16 * 1024
 OPENAPI_PATH: Final = "/api/v1/openapi.json"
 DOCS_PATH: Final = "/api/docs"
 #: How long an append a request makes may wait to be stored before it is withdrawn and the
