@@ -26,17 +26,20 @@ def remove_rundir(rundir: Path) -> OSError | None:
         pass
     else:
         return None
-    for attempt in range(2):
-        try:
-            shutil.rmtree(rundir)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if attempt:
-                return exc
-            _make_writable(rundir)
-        else:
-            return None
+    if _rmtree(rundir) is None:
+        return None
+    _make_writable(rundir)
+    return _rmtree(rundir)
+
+
+def _rmtree(top: Path) -> OSError | None:
+    """Remove ``top``; the error if some of it stayed (none if it was already gone)."""
+    try:
+        shutil.rmtree(top)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc
     return None
 
 

@@ -35,13 +35,17 @@ _PR_SET_DUMPABLE: Final = 4
 _PR_SET_CHILD_SUBREAPER: Final = 36
 
 
+def _prctl(option: int, value: int = 0) -> int | None:
+    """prctl(2) through libc: its result, or None where it cannot be called."""
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0))
+    except (OSError, AttributeError):
+        return None
+
+
 def become_subreaper() -> bool:
     """Adopt orphaned descendants (Linux). Returns whether it worked."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
 
 
 def hide_from_scripts() -> bool:
@@ -55,13 +59,7 @@ def hide_from_scripts() -> bool:
     across ``execve``, so the scripts themselves are unaffected. (It also means no core
     dump, and profilers need root to attach.)
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if int(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)) != 0:
-            return False
-        return int(libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
+    return _prctl(_PR_SET_DUMPABLE, 0) == 0 and _prctl(_PR_GET_DUMPABLE) == 0
 
 
 def _read_marker(pid: str) -> str | None:
