@@ -526,10 +526,7 @@ class EventWriter:
                         continue
                     if not nxt.from_thread or nxt.timer is not None:
                         break
-                    if batch and (
-                        events + len(nxt.events) > self._limits.max_batch_events
-                        or nbytes + nxt.nbytes > self._limits.max_batch_bytes
-                    ):
+                    if batch and self._overflows(events, nbytes, nxt):
                         full = True
                         break
                     batch.append(nxt)
@@ -602,10 +599,7 @@ class EventWriter:
                 held.add(nxt.stream_id)
                 skipped.append(nxt)
                 continue
-            if batch and (
-                events + len(nxt.events) > self._limits.max_batch_events
-                or nbytes + nxt.nbytes > self._limits.max_batch_bytes
-            ):
+            if batch and self._overflows(events, nbytes, nxt):
                 skipped.append(nxt)
                 break
             batch.append(nxt)
@@ -614,6 +608,13 @@ class EventWriter:
         self._queue.extendleft(reversed(skipped))
         self._busy.update(p.stream_id for p in batch)
         return batch
+
+    def _overflows(self, events: int, nbytes: int, nxt: _Pending) -> bool:
+        """Whether ``nxt`` would take a batch of ``events`` and ``nbytes`` past the limits."""
+        return (
+            events + len(nxt.events) > self._limits.max_batch_events
+            or nbytes + nxt.nbytes > self._limits.max_batch_bytes
+        )
 
     async def _write(  # noqa: PLR0912 -- each way a commit can fail, side by side
         self, batch: list[_Pending], lead: _Lead | None = None, prepared: _Attempt | None = None
