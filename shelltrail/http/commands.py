@@ -23,12 +23,10 @@ from shelltrail.http.auth import Role
 from shelltrail.http.context import STORE, json_response, path_id, principal_name
 from shelltrail.http.models import Command, CommandIn, CommandVersionOut, Page, Problem
 from shelltrail.http.problems import HTTPProblem, not_found, parse_query, read_body
-from shelltrail.http.queries import ListQuery, decode_keyset, encode_keyset
+from shelltrail.http.queries import MAX_VERSION, ListQuery, decode_keyset, encode_keyset
 from shelltrail.http.routes import CANNOT_STORE, Response, Route
 
 PREFIX = "/api/v1/commands"
-#: Versions are PostgreSQL integers: a cursor past this is not one this server handed out.
-_MAX_VERSION = 2**31 - 1
 
 
 def command_out(row: CommandState) -> Command:
@@ -118,7 +116,7 @@ async def versions(request: web.Request) -> web.Response:
             before = int(query.cursor)
         except ValueError:
             before = 0
-        if not 1 <= before <= _MAX_VERSION:
+        if not 1 <= before <= MAX_VERSION:
             raise HTTPProblem(400, "the cursor is not one this server handed out")
     found = await list_command_versions(
         request.app[STORE].pool, row.id, limit=query.limit + 1, before_version=before

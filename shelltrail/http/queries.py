@@ -7,12 +7,16 @@ import binascii
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shelltrail.eventstore.queries import Keyset
 from shelltrail.http.problems import HTTPProblem
+
+#: Versions are PostgreSQL integers: a version, or a cursor or event id naming one, past this
+#: cannot exist.
+MAX_VERSION: Final = 2**31 - 1
 
 
 class _Query(BaseModel):
@@ -37,7 +41,7 @@ class ProcessListQuery(ListQuery):
 
 
 class ProcessQuery(_Query):
-    at_version: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
+    at_version: Annotated[int, Field(ge=1, le=MAX_VERSION)] | None = None
 
 
 class OutputQuery(_Query):
@@ -48,7 +52,7 @@ class OutputQuery(_Query):
 
 
 class EventsQuery(_Query):
-    after: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    after: Annotated[int, Field(ge=0, le=MAX_VERSION)] = 0
     limit: Annotated[int, Field(ge=1, le=500)] = 50  # as the lists'
 
 

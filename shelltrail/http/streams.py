@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Any, Final
 
@@ -27,14 +28,13 @@ from shelltrail.http.context import STORE, json_response
 from shelltrail.http.models import EventItem, EventPage, Problem
 from shelltrail.http.problems import HTTPProblem, parse_query
 from shelltrail.http.processes import PREFIX, known_process, live_process
-from shelltrail.http.queries import EventsQuery, OutputQuery, ReplayQuery
+from shelltrail.http.queries import MAX_VERSION, EventsQuery, OutputQuery, ReplayQuery
 from shelltrail.http.routes import Response, Route
 
 KEEPALIVE_SECONDS: Final = 15.0
 #: How often an idle stream looks whether its client is still there. aiohttp does not cancel
 #: a handler whose client left, and a stream of a silent run would otherwise wait for it.
 PRESENCE_SECONDS: Final = 1.0
-_MAX_VERSION: Final = 2**31 - 1
 _PAGE_BYTES: Final = 16 * 1024 * 1024
 TERMINAL_TYPES: Final = frozenset(t.__name__ for t in TERMINAL_EVENT_TYPES)
 
@@ -69,25 +69,55 @@ def sse_message(event: StoredEvent) -> bytes:
     return message
 
 
-def _resume_after(request: web.Request, after: int, head: int) -> int:
+def _resume_after(request: web.Request, after: int) -> int:
     """The version a live stream starts after: ``Last-Event-ID`` if sent, else ``after``."""
     last_id = request.headers.get("Last-Event-ID")
-    if last_id is not None:
-        try:
-            after = int(last_id)
-        except ValueError:
-            after = -1
-        if not 0 <= after <= _MAX_VERSION:
-            raise HTTPProblem(400, f"Last-Event-ID must be an event version, not {last_id[:40]!r}")
-    if after > head:
-        # Nothing a client saw can be past the head: waiting for it would never end.
-        raise HTTPProblem(400, f"there is no event {after} yet: the process is at version {head}")
+    if last_id is None:
+        return after
+    try:
+        after = int(last_id)
+    except ValueError:
+        after = -1
+    if not 0 <= after <= MAX_VERSION:
+        raise HTTPProblem(400, f"Last-Event-ID must be an event version, not {last_id[:40]!r}")
     return after
 
 
 def _client_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
+
+
+async def _while_present(
+    request: web.Request, events: AsyncIterator[StoredEvent | None]
+) -> AsyncGenerator[StoredEvent | None, None]:
+    """``events`` (``None`` on each idle tick) until the client is found gone on a tick."""
+    async for event in events:
+        if event is None and _client_gone(request):
+            return
+        yield event
+
+
+@contextlib.asynccontextmanager
+async def _live_events(
+    request: web.Request, process_id: uuid.UUID, after: int, *, idle: float = PRESENCE_SECONDS
+) -> AsyncIterator[AsyncIterator[StoredEvent | None]]:
+    """A run's events after ``after``, history then live, ``None`` each ``idle`` seconds
+    without one, for as long as the client is there.
+
+    aiohttp does not cancel a handler whose client left, so each idle tick looks at the
+    connection; a write that finds the client gone ends the stream quietly. The
+    subscription is closed on the way out.
+    """
+    events = request.app[STORE].subscribe_with_idle(process_id, after=after, idle=idle)
+    present = _while_present(request, events)
+    try:
+        yield present
+    except ConnectionResetError:
+        pass  # the client went away while we wrote: its stream is over
+    finally:
+        await present.aclose()
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 async def _open_sse(request: web.Request) -> web.StreamResponse:
@@ -115,25 +145,25 @@ async def events(request: web.Request) -> web.StreamResponse:
                 next_after=page[-1].version if more else None,
             )
         )
-    try:
-        after = _resume_after(request, query.after, state.version)
-    except HTTPProblem:
+    after = _resume_after(request, query.after)
+    if after > state.version:
         # This server's state of a run it writes may lag behind another node's appends:
         # ask the projection before refusing.
         state = await live_process(request)
-        after = _resume_after(request, query.after, state.version)
+        if after > state.version:
+            # Nothing a client saw can be past the head: waiting for it would never end.
+            raise HTTPProblem(
+                400, f"there is no event {after} yet: the process is at version {state.version}"
+            )
     response = await _open_sse(request)
     if state.is_terminal and after >= state.version:
         return response  # nothing left to send
-    tick = min(PRESENCE_SECONDS, KEEPALIVE_SECONDS)
-    events = store.subscribe_with_idle(state.id, after=after, idle=tick)
     loop = asyncio.get_running_loop()
     written = loop.time()
-    try:
+    idle = min(PRESENCE_SECONDS, KEEPALIVE_SECONDS)
+    async with _live_events(request, state.id, after, idle=idle) as events:
         async for event in events:
             if event is None:
-                if _client_gone(request):
-                    break
                 if loop.time() - written >= KEEPALIVE_SECONDS:
                     await response.write(b": keep-alive\n\n")
                     written = loop.time()
@@ -142,10 +172,6 @@ async def events(request: web.Request) -> web.StreamResponse:
             written = loop.time()
             if event.type in TERMINAL_TYPES:
                 break
-    except ConnectionResetError:
-        pass  # the client went away while we wrote: its stream is over
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
     return response
 
 
@@ -177,12 +203,9 @@ async def output(request: web.Request) -> web.StreamResponse:
     first = await first_chunk_version(store.pool, state.id, query.stream, query.offset)
     after = first - 1 if first is not None else state.version
     position = query.offset
-    events = store.subscribe_with_idle(state.id, after=after, idle=PRESENCE_SECONDS)
-    try:
+    async with _live_events(request, state.id, after) as events:
         async for event in events:
             if event is None:
-                if _client_gone(request):
-                    break
                 continue
             if event.type in TERMINAL_TYPES:
                 break
@@ -194,10 +217,6 @@ async def output(request: web.Request) -> web.StreamResponse:
             piece = payload[max(0, position - start) :]
             await response.write(piece)
             position += len(piece)
-    except ConnectionResetError:
-        pass  # the client went away while we wrote
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
     return response
 
 
@@ -205,15 +224,9 @@ async def replay(request: web.Request) -> web.StreamResponse:
     """The run's output as SSE, with its original pacing scaled by ``speed``."""
     query = parse_query(request, ReplayQuery)
     state = await known_process(request)
-    store = request.app[STORE]
     response = await _open_sse(request)
-    events = store.subscribe_with_idle(state.id, after=0, idle=PRESENCE_SECONDS)
-    try:
+    async with _live_events(request, state.id, 0) as events:
         await _replay(request, response, events, query.speed)
-    except ConnectionResetError:
-        pass  # the client went away while we wrote
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
     return response
 
 
@@ -226,8 +239,6 @@ async def _replay(
     previous: datetime | None = None
     async for event in events:
         if event is None:
-            if _client_gone(request):
-                return
             continue
         if event.type == "OutputChunk":
             captured = datetime.fromisoformat(event.data["captured_at"])
