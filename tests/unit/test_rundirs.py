@@ -84,3 +84,20 @@ def test_read_only_directories_left_by_a_script_are_removed(
             if rundir.exists():
                 subprocess.run(["chmod", "-R", "u+rwx", str(rundir)], check=False)
                 shutil.rmtree(rundir)
+
+
+def test_a_run_directory_replaced_by_a_link_is_not_followed(tmp_path: Path) -> None:
+    """A script swapped its run's directory for a link to one of its user's: the removal
+    fails and says so, and the linked directory keeps its permissions and content."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "inner").mkdir(parents=True)
+    elsewhere.chmod(0o555)
+    rundir = tmp_path / "runs" / "a-run"
+    rundir.parent.mkdir()
+    rundir.symlink_to(elsewhere, target_is_directory=True)
+    try:
+        assert shelltrail.actors.rundirs.remove_rundir(rundir) is not None
+        assert elsewhere.stat().st_mode & 0o777 == 0o555
+        assert (elsewhere / "inner").is_dir()
+    finally:
+        elsewhere.chmod(0o755)
