@@ -32,6 +32,7 @@ import pykka
 import structlog
 
 from shelltrail.actors.rundirs import remove_rundir
+from shelltrail.actors.scripts import ScriptFiles
 from shelltrail.actors.tree import MARKER, OrphanReaper, Sweeper, signal_group
 from shelltrail.domain import (
     Exited,
@@ -139,6 +140,7 @@ class ProcessActor(pykka.ThreadingActor):
         sink: EventSink,
         sweeper: Sweeper,
         reaper: OrphanReaper,
+        scripts: ScriptFiles,
         wake_fd: int,
         on_finished: Callable[[uuid.UUID, concurrent.futures.Future[Any] | None], None],
     ) -> None:
@@ -148,6 +150,8 @@ class ProcessActor(pykka.ThreadingActor):
         self._sink = sink
         self._sweeper = sweeper
         self._reaper = reaper
+        self._scripts = scripts
+        self._script: Path | None = None  # acquired from ``scripts``
         self._wake_fd = wake_fd
         self._on_finished = on_finished
         self._marker = str(spec.process_id)
@@ -155,7 +159,7 @@ class ProcessActor(pykka.ThreadingActor):
         self._version = spec.version
         self._append_failed = False
         self._last_append: concurrent.futures.Future[Any] | None = None
-        # Absolute: the script runs in a directory below, and is given this path.
+        # Absolute: the script is started in it.
         self._rundir = config.runs_dir.absolute() / self._marker
         self._proc: subprocess.Popen[bytes] | None = None
         self._pidfd = -1
@@ -224,12 +228,9 @@ class ProcessActor(pykka.ThreadingActor):
 
     def _spawn(self) -> None:
         spec, config = self._spec, self._config
-        workdir = self._rundir / "work"
-        os.mkdir(self._rundir)
+        workdir = self._rundir
         os.mkdir(workdir)
-        script = self._rundir / "script.sh"
-        with open(script, "w", encoding="utf-8") as f:
-            f.write(spec.script)
+        script = self._script = self._scripts.acquire(spec.script)
         env = {
             "PATH": config.path,
             "HOME": str(workdir),
@@ -501,6 +502,9 @@ class ProcessActor(pykka.ThreadingActor):
         """
         self._done = True
         try:
+            if self._script is not None:
+                self._scripts.release(self._script)
+                self._script = None
             if not self._config.keep_workdirs:
                 error = remove_rundir(self._rundir)
                 if error is not None:

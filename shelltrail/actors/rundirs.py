@@ -19,8 +19,6 @@ def remove_rundir(rundir: Path) -> OSError | None:
     ``rmtree`` then fails half-way. Their permissions are given back, and it tries again.
     """
     try:  # cheaply, when the script left nothing behind
-        os.rmdir(rundir / "work")
-        os.unlink(rundir / "script.sh")
         os.rmdir(rundir)
     except OSError:
         pass

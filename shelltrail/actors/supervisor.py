@@ -24,6 +24,7 @@ import structlog
 
 from shelltrail.actors.process_actor import ProcessActor, RunnerConfig, RunSpec, Stop
 from shelltrail.actors.rundirs import remove_rundir
+from shelltrail.actors.scripts import ScriptFiles
 from shelltrail.actors.tree import OrphanReaper, Sweeper, become_subreaper, kill_marked
 from shelltrail.domain import (
     CommandVersion,
@@ -115,6 +116,7 @@ class ProcessSupervisor:
         self._limits = limits
         self._reaper = OrphanReaper()
         self._sweeper: Sweeper | None = None
+        self._scripts = ScriptFiles(config.runs_dir.absolute() / ".scripts")
         self._running: dict[uuid.UUID, _RunHandle] = {}
         self._queue: collections.OrderedDict[uuid.UUID, RunSpec] = collections.OrderedDict()
         #: Resolved when a run accepted here has ended and its last events are committed.
@@ -144,6 +146,7 @@ class ProcessSupervisor:
             log.warning("cannot become a child subreaper; orphans go to PID 1")
         self._sweeper = Sweeper(self._reaper, subreaper=subreaper)
         self._config.runs_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._scripts.reset)
         await self.recover()
         self._reaper_task = asyncio.create_task(self._reap_periodically(), name="orphan-reaper")
 
@@ -231,6 +234,7 @@ class ProcessSupervisor:
                     sink=self._store.append_from_thread,
                     sweeper=sweeper,
                     reaper=self._reaper,
+                    scripts=self._scripts,
                     wake_fd=wake_r,
                     on_finished=finished,
                 )

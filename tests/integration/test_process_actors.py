@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -335,7 +336,7 @@ async def test_a_run_that_cannot_start_is_closed(store: EventStore, tmp_path: Pa
     config = RunnerConfig(node=TEST_NODE, runs_dir=runs_dir)
     supervisor = ProcessSupervisor(store, config, SupervisorLimits())
     await supervisor.start()
-    runs_dir.rmdir()
+    shutil.rmtree(runs_dir)
     runs_dir.write_text("a file where the runs' directories should go")
     try:
         events = await Runs(store, supervisor).run("true")
@@ -375,7 +376,7 @@ async def test_restart_closes_unfinished_runs_as_lost(store: EventStore, tmp_pat
         expected_version=0,
     )
     config = RunnerConfig(node=TEST_NODE, runs_dir=tmp_path / "runs")
-    leftover = tmp_path / "runs" / str(pid) / "work"
+    leftover = tmp_path / "runs" / str(pid)
     leftover.mkdir(parents=True)
     (leftover / "partial-output.txt").write_text("half of something")
     supervisor = ProcessSupervisor(store, config, SupervisorLimits())
@@ -542,6 +543,37 @@ async def test_a_flooding_script_is_held_back_by_the_writer(
     finally:
         await supervisor.shutdown()
         await store.close()
+
+
+async def test_each_run_starts_in_an_empty_directory_and_runs_of_a_script_share_its_file(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """The run's directory is its working directory and HOME, empty, removed at its end; the
+    script is one read-only file for all its runs, written fresh by each server start."""
+    runs_dir = tmp_path / "runs"
+    script = 'echo "$PWD $HOME $0"; ls -A; stat -c %a "$0"'
+    scripts = runs_dir / ".scripts"
+    scripts.mkdir(parents=True)
+    stale = scripts / f"{hashlib.sha256(script.encode()).hexdigest()}.sh"
+    stale.write_text("echo a file a crashed server may have left half-written")
+    config = RunnerConfig(node=TEST_NODE, runs_dir=runs_dir)
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits())
+    await supervisor.start()
+    runs = Runs(store, supervisor)
+    try:
+        first, second = await asyncio.gather(runs.run(script), runs.run(script))
+    finally:
+        await supervisor.shutdown()
+    files = set()
+    for events in (first, second):
+        rundir = runs_dir.absolute() / str(events[0].stream_id)
+        where, mode = output(events).decode().splitlines()  # `ls -A` printed nothing
+        pwd, home, zero = where.split()
+        assert (pwd, home, mode) == (str(rundir), str(rundir), "400")
+        assert not rundir.exists()
+        files.add(zero)
+    assert files == {str(stale.absolute())}
+    assert stale.read_text() == script
 
 
 async def test_a_relative_runs_directory_works(

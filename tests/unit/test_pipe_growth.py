@@ -94,6 +94,7 @@ def _reading_actor(spec: RunSpec, runs_dir: Path) -> tuple[ProcessActor, list[Pr
         sink=sink,
         sweeper=None,  # type: ignore[arg-type]
         reaper=None,  # type: ignore[arg-type]
+        scripts=None,  # type: ignore[arg-type]
         wake_fd=-1,
         on_finished=lambda *_: None,
     )

@@ -49,10 +49,9 @@ def as_a_user() -> Iterator[tuple[list[str], int]]:
 def _left_like_go_does(owner: int) -> Path:
     """A run's directory with a read-only tree in it, as `go mod download` leaves one."""
     rundir = Path(tempfile.mkdtemp(prefix="shelltrail-rundir-test-"))
-    cache = rundir / "work" / "go" / "pkg" / "mod" / "example.com" / "m@v1.0.0"
+    cache = rundir / "go" / "pkg" / "mod" / "example.com" / "m@v1.0.0"
     cache.mkdir(parents=True)
     (cache / "go.mod").write_text("module example.com/m\n")
-    (rundir / "script.sh").write_text("go mod download\n")
     if os.geteuid() == 0:
         for path in [rundir, *rundir.rglob("*")]:
             os.chown(path, owner, owner)
