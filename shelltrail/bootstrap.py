@@ -119,7 +119,7 @@ async def serve(settings: Settings) -> None:
     Shutdown order: stop accepting requests, stop every run (reason ``shutdown``) within
     the grace period, write every pending event, stop the embedded database.
     """
-    _raise_open_file_limit()
+    scripts_open_files = _raise_open_file_limit()
     _forget_secrets()
     allocator.fix_thresholds()
     if not hide_from_scripts():
@@ -144,12 +144,14 @@ async def serve(settings: Settings) -> None:
         lease = NodeLease(url, settings.node, wait_seconds=settings.node_lease_wait_seconds)
         await lease.acquire()
         try:
-            await _serve_as_node(settings, url, tokens)
+            await _serve_as_node(settings, url, tokens, scripts_open_files)
         finally:
             await lease.release()
 
 
-async def _serve_as_node(settings: Settings, url: str, tokens: TokenRegistry) -> None:
+async def _serve_as_node(
+    settings: Settings, url: str, tokens: TokenRegistry, scripts_open_files: int | None
+) -> None:
     """Serve until SIGTERM or SIGINT, holding the node's lease."""
     store = await EventStore.open(url, node=settings.node)
     try:
@@ -160,6 +162,7 @@ async def _serve_as_node(settings: Settings, url: str, tokens: TokenRegistry) ->
                 runs_dir=settings.data_dir / "runs",
                 keep_workdirs=settings.keep_workdirs,
                 stop_grace_seconds=settings.stop_grace_seconds,
+                open_files_limit=scripts_open_files,
             ),
             SupervisorLimits(
                 max_running=settings.max_running,
@@ -204,11 +207,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _raise_open_file_limit() -> None:
-    """Each run holds a few descriptors (pipes, pidfd, wake-up pipe): allow many."""
+def _raise_open_file_limit() -> int | None:
+    """Each run holds a few descriptors (pipes, pidfd, wake-up pipe): allow many.
+
+    Returns the soft limit before, for the scripts, if it was raised.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if soft >= hard:
+        return None
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return soft
 
 
 async def _wait_for_stop_signal() -> None:

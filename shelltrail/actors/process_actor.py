@@ -99,6 +99,8 @@ class RunnerConfig:
     #: After the main process ends, how long to read what the pipes still hold.
     drain_timeout: float = 2.0
     path: str = DEFAULT_PATH
+    #: The soft limit on open files the scripts get, where the server raised its own.
+    open_files_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,13 +233,15 @@ class ProcessActor(pykka.ThreadingActor):
         workdir = self._rundir
         os.mkdir(workdir)
         script = self._script = self._scripts.acquire(spec.script)
-        env = {
-            "PATH": config.path,
-            "HOME": str(workdir),
-            "LANG": "C.UTF-8",
-            **spec.env,
-            MARKER: self._marker,
-        }
+        env = self._scripts.environment(
+            {
+                "PATH": config.path,
+                "HOME": str(workdir),
+                "LANG": "C.UTF-8",
+                **spec.env,
+                MARKER: self._marker,
+            }
+        )
         argv = [*_pdeathsig_prefix(), _BASH, "--noprofile", "--norc", str(script), *spec.args]
         with self._reaper.spawning():
             proc = subprocess.Popen(

@@ -9,6 +9,12 @@ on every allocation (ext4 without a journal does), and each run used to make thr
 
 The directory is emptied when the supervisor starts: a file written just before a crash
 may not have reached the disk whole. Thread-safe; the actors call it from their threads.
+
+The server raises its own limit on open files (a run holds several descriptors); the
+scripts get the limit it started with back from a prelude, ``prelude.sh``, which ``bash``
+reads before the script (``BASH_ENV``) and which then puts the run's own ``BASH_ENV``, if it
+has one, back in place. A limit set in the child before ``exec`` would need a
+``preexec_fn``, and a program such as ``prlimit`` would cost one more ``exec`` per run.
 """
 
 from __future__ import annotations
@@ -18,16 +24,33 @@ import hashlib
 import os
 import shutil
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
 #: Scripts no run uses any more that keep their file, most recently used first.
 KEEP_IDLE: Final = 64
+#: Holds the run's own ``BASH_ENV`` while the prelude runs.
+RUN_BASH_ENV: Final = "SHELLTRAIL_BASH_ENV"
+_PRELUDE: Final = f"""\
+# shelltrail: bash reads this (BASH_ENV) before the run's script.
+ulimit -S -n {{open_files}} 2>/dev/null
+if [[ -v {RUN_BASH_ENV} ]]; then
+    BASH_ENV=${RUN_BASH_ENV}
+    unset {RUN_BASH_ENV}
+    . "$BASH_ENV"
+else
+    unset BASH_ENV
+fi
+"""
 
 
 class ScriptFiles:
-    def __init__(self, directory: Path, *, keep_idle: int = KEEP_IDLE) -> None:
+    def __init__(
+        self, directory: Path, *, open_files_limit: int | None = None, keep_idle: int = KEEP_IDLE
+    ) -> None:
         self._directory = directory
+        self._open_files_limit = open_files_limit
         self._keep_idle = keep_idle
         self._lock = threading.Lock()
         #: Runs using each script (by sha256) whose file exists.
@@ -42,6 +65,20 @@ class ScriptFiles:
             self._directory.mkdir(mode=0o700, parents=True)
             self._users.clear()
             self._idle.clear()
+            if self._open_files_limit is not None:
+                prelude = _PRELUDE.format(open_files=self._open_files_limit)
+                _write_read_only(self._prelude_path(), prelude)
+
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        """``env`` as the script's ``bash`` is given it: with the prelude, if there is one."""
+        env = dict(env)
+        env.pop(RUN_BASH_ENV, None)
+        if self._open_files_limit is None:
+            return env
+        if "BASH_ENV" in env:
+            env[RUN_BASH_ENV] = env["BASH_ENV"]
+        env["BASH_ENV"] = str(self._prelude_path())
+        return env
 
     def acquire(self, script: str) -> Path:
         """The file holding ``script``, written if need be.
@@ -77,6 +114,9 @@ class ScriptFiles:
 
     def _path(self, sha256: str) -> Path:
         return self._directory / f"{sha256}.sh"
+
+    def _prelude_path(self) -> Path:
+        return self._directory / "prelude.sh"
 
 
 def _write_read_only(path: Path, script: str) -> None:

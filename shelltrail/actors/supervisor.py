@@ -116,7 +116,9 @@ class ProcessSupervisor:
         self._limits = limits
         self._reaper = OrphanReaper()
         self._sweeper: Sweeper | None = None
-        self._scripts = ScriptFiles(config.runs_dir.absolute() / ".scripts")
+        self._scripts = ScriptFiles(
+            config.runs_dir.absolute() / ".scripts", open_files_limit=config.open_files_limit
+        )
         self._running: dict[uuid.UUID, _RunHandle] = {}
         self._queue: collections.OrderedDict[uuid.UUID, RunSpec] = collections.OrderedDict()
         #: Resolved when a run accepted here has ended and its last events are committed.

@@ -27,6 +27,7 @@ TOKENS = {
     "operator": "operator-secret-0123456789",
     "viewer": "viewer-secret-0123456789",
 }
+SCRIPTS_OPEN_FILES = 512
 TOKEN_SETTING = ",".join(f"{role}-user:{role}:{secret}" for role, secret in TOKENS.items())
 
 
@@ -71,7 +72,11 @@ def live_server(database_url_sync: str, tmp_path: Path) -> Iterator[str]:
         SHELLTRAIL_TOKENS=TOKEN_SETTING,
         SHELLTRAIL_LOG_LEVEL="warning",
     )
-    proc = subprocess.Popen([sys.executable, "-m", "shelltrail", "serve"], env=env)
+    # Started with a soft limit on open files below the hard one, as on most machines: the
+    # server raises its own, and its scripts get 512 back (SCRIPTS_OPEN_FILES).
+    serve = [sys.executable, "-m", "shelltrail", "serve"]
+    limited = f'ulimit -S -n {SCRIPTS_OPEN_FILES} && exec "$@"'
+    proc = subprocess.Popen(["bash", "-c", limited, "bash", *serve], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

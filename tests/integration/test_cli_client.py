@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from tests.integration.conftest import TOKENS
+from tests.integration.conftest import SCRIPTS_OPEN_FILES, TOKENS
 
 SHELLTRAIL = [sys.executable, "-m", "shelltrail"]
 
@@ -36,6 +36,19 @@ def test_run_reproduces_output_and_exit_code(live_server: str) -> None:
         assert result.returncode == 7
         assert result.stdout == b"out\nbin\x00ary\xff"
         assert result.stderr == b"err\nARG"
+
+
+def test_scripts_get_the_open_file_limit_the_server_started_with(live_server: str) -> None:
+    """The server raised its own soft limit on open files; its scripts do not inherit it."""
+    script = (
+        "awk '/^Max open files/ {print $4}' \"/proc/$PPID/limits\"; "  # the server's own
+        'ulimit -Sn; bash -c "ulimit -Sn"; echo "${BASH_ENV-none}"'
+    )
+    result = cli(live_server, "run", "--script", script)
+    assert result.returncode == 0, result.stderr
+    server, script_limit, child_limit, bash_env = result.stdout.decode().split()
+    assert int(server) > SCRIPTS_OPEN_FILES
+    assert (script_limit, child_limit, bash_env) == (str(SCRIPTS_OPEN_FILES),) * 2 + ("none",)
 
 
 def test_inline_script_and_the_other_verbs(live_server: str) -> None:

@@ -135,6 +135,27 @@ async def test_environment_holds_no_server_secret(
     assert (env["BOTH"], env[MARKER]) == ("run", str(pid))
 
 
+async def test_a_runs_own_bash_env_still_works_after_the_prelude(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """With a limit on open files to give back, bash reads the server's prelude first (as
+    BASH_ENV); the run's own BASH_ENV is then read and left in its environment."""
+    own = tmp_path / "own-bash-env.sh"
+    own.write_text("FROM_OWN_BASH_ENV=yes\n")
+    config = RunnerConfig(node=TEST_NODE, runs_dir=tmp_path / "runs", open_files_limit=200)
+    supervisor = ProcessSupervisor(store, config, SupervisorLimits())
+    await supervisor.start()
+    runs = Runs(store, supervisor)
+    script = 'ulimit -Sn; echo "$FROM_OWN_BASH_ENV $BASH_ENV"; env | grep -c SHELLTRAIL_BASH'
+    try:
+        with_own = await runs.run(script, env={"BASH_ENV": str(own)})
+        without = await runs.run('ulimit -Sn; echo "${BASH_ENV-none}"')
+    finally:
+        await supervisor.shutdown()
+    assert output(with_own).decode().split() == ["200", "yes", str(own), "0"]
+    assert output(without).decode().split() == ["200", "none"]
+
+
 async def test_stop_reaches_background_jobs(runs: Runs) -> None:
     """Stopping `sleep & sleep & wait` leaves no process of the run alive."""
     pid = await runs.start("sleep 1000 & sleep 1000 & echo ready; wait")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shelltrail.actors.scripts import ScriptFiles
+from shelltrail.actors.scripts import RUN_BASH_ENV, ScriptFiles
 
 
 def test_runs_of_one_script_share_a_read_only_file(tmp_path: Path) -> None:
@@ -70,3 +70,25 @@ def test_a_script_that_could_not_be_written_leaves_no_file(
     assert list((tmp_path / "scripts").iterdir()) == []
     monkeypatch.undo()
     assert scripts.acquire("echo half").read_text() == "echo half"
+
+
+def test_the_prelude_takes_bash_env_and_gives_the_run_its_own(tmp_path: Path) -> None:
+    scripts = ScriptFiles(tmp_path / "scripts", open_files_limit=256)
+    scripts.reset()
+    prelude = str(tmp_path / "scripts" / "prelude.sh")
+    assert "ulimit -S -n 256" in Path(prelude).read_text()
+    assert scripts.environment({"PATH": "/bin", RUN_BASH_ENV: "given"}) == {
+        "PATH": "/bin",
+        "BASH_ENV": prelude,
+    }
+    assert scripts.environment({"BASH_ENV": "mine.sh"}) == {
+        "BASH_ENV": prelude,
+        RUN_BASH_ENV: "mine.sh",
+    }
+
+
+def test_without_a_limit_to_give_back_there_is_no_prelude(tmp_path: Path) -> None:
+    scripts = ScriptFiles(tmp_path / "scripts")
+    scripts.reset()
+    assert list((tmp_path / "scripts").iterdir()) == []
+    assert scripts.environment({"BASH_ENV": "mine.sh"}) == {"BASH_ENV": "mine.sh"}
