@@ -232,7 +232,7 @@ class ProcessActor(pykka.ThreadingActor):
         spec, config = self._spec, self._config
         workdir = self._rundir
         os.mkdir(workdir)
-        script = self._script = self._scripts.acquire(spec.script)
+        script = self._script = self._scripts.acquire(spec.script, spec.process_id)
         env = self._scripts.environment(
             {
                 "PATH": config.path,

@@ -116,8 +116,8 @@ class ProcessSupervisor:
         self._limits = limits
         self._reaper = OrphanReaper()
         self._sweeper: Sweeper | None = None
-        self._scripts = ScriptFiles(
-            config.runs_dir.absolute() / ".scripts", open_files_limit=config.open_files_limit
+        self._scripts = ScriptFiles.of_node(
+            config.runs_dir, config.node, open_files_limit=config.open_files_limit
         )
         self._running: dict[uuid.UUID, _RunHandle] = {}
         self._queue: collections.OrderedDict[uuid.UUID, RunSpec] = collections.OrderedDict()
@@ -148,8 +148,8 @@ class ProcessSupervisor:
             log.warning("cannot become a child subreaper; orphans go to PID 1")
         self._sweeper = Sweeper(self._reaper, subreaper=subreaper)
         self._config.runs_dir.mkdir(parents=True, exist_ok=True)
+        await self.recover()  # first: a crashed server's runs may still be writing
         await asyncio.to_thread(self._scripts.reset)
-        await self.recover()
         self._reaper_task = asyncio.create_task(self._reap_periodically(), name="orphan-reaper")
 
     # --- starting -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from shelltrail.actors import (
     SupervisorLimits,
 )
 from shelltrail.actors.process_actor import _FLOOD_PIPE_BYTES
+from shelltrail.actors.scripts import ScriptFiles
 from shelltrail.actors.tree import descendants, find_marked, kill_marked
 from shelltrail.domain import OutputChunk
 from shelltrail.eventstore import EventStore
@@ -570,13 +571,14 @@ async def test_each_run_starts_in_an_empty_directory_and_runs_of_a_script_share_
     store: EventStore, tmp_path: Path
 ) -> None:
     """The run's directory is its working directory and HOME, empty, removed at its end; the
-    script is one read-only file for all its runs, written fresh by each server start."""
+    script is one read-only file for all its runs, written fresh by each server start, that
+    each run gets under a name of its own."""
     runs_dir = tmp_path / "runs"
-    script = 'echo "$PWD $HOME $0"; ls -A; stat -c %a "$0"'
-    scripts = runs_dir / ".scripts"
+    script = 'echo "$PWD $HOME $0"; ls -A; stat -c "%a %i" "$0"'
+    scripts = ScriptFiles.of_node(runs_dir, TEST_NODE).directory
     scripts.mkdir(parents=True)
-    stale = scripts / f"{hashlib.sha256(script.encode()).hexdigest()}.sh"
-    stale.write_text("echo a file a crashed server may have left half-written")
+    shared = scripts / f"{hashlib.sha256(script.encode()).hexdigest()}.sh"
+    shared.write_text("echo a file a crashed server may have left half-written")
     config = RunnerConfig(node=TEST_NODE, runs_dir=runs_dir)
     supervisor = ProcessSupervisor(store, config, SupervisorLimits())
     await supervisor.start()
@@ -585,16 +587,29 @@ async def test_each_run_starts_in_an_empty_directory_and_runs_of_a_script_share_
         first, second = await asyncio.gather(runs.run(script), runs.run(script))
     finally:
         await supervisor.shutdown()
-    files = set()
+    inodes = set()
     for events in (first, second):
-        rundir = runs_dir.absolute() / str(events[0].stream_id)
-        where, mode = output(events).decode().splitlines()  # `ls -A` printed nothing
-        pwd, home, zero = where.split()
-        assert (pwd, home, mode) == (str(rundir), str(rundir), "400")
+        process_id = events[0].stream_id
+        rundir = runs_dir.absolute() / str(process_id)
+        where, file = output(events).decode().splitlines()  # `ls -A` printed nothing
+        assert where.split() == [str(rundir), str(rundir), str(scripts / f"{process_id}.sh")]
+        mode, inode = file.split()
+        assert mode == "400"
+        inodes.add(int(inode))
         assert not rundir.exists()
-        files.add(zero)
-    assert files == {str(stale.absolute())}
-    assert stale.read_text() == script
+        assert not (scripts / f"{process_id}.sh").exists()
+    assert inodes == {shared.stat().st_ino}
+    assert shared.read_text() == script
+
+
+async def test_a_script_removing_or_changing_its_own_file_changes_no_other_run(
+    runs: Runs,
+) -> None:
+    removes = 'echo "ran $1"; rm -f "$0"'
+    changes = 'echo "ran $1"; chmod u+w "$0"; echo "echo changed" > "$0"'
+    for script in (removes, changes):
+        outputs = [output(await runs.run(script, str(n))) for n in range(2)]
+        assert outputs == [b"ran 0\n", b"ran 1\n"]
 
 
 async def test_a_relative_runs_directory_works(
