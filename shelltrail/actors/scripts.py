@@ -104,9 +104,7 @@ class ScriptFiles:
                 log.warning("the scripts directory was not emptied", error=str(error))
             self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._written.clear()
-            if self._open_files_limit is not None:
-                prelude = _PRELUDE.replace("OPEN_FILES", str(self._open_files_limit))
-                self._replace(self._prelude_path(), prelude)
+            self._write_prelude()
 
     def environment(self, env: Mapping[str, str]) -> dict[str, str]:
         """``env`` as the script's ``bash`` is given it: with the prelude, if there is one.
@@ -153,7 +151,13 @@ class ScriptFiles:
         """Write ``content`` to a new read-only file, then move it to ``path`` at once."""
         partial = path.with_name(f".{uuid.uuid4()}.partial")
         data = memoryview(content.encode())
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(partial, flags, 0o400)
+        except FileNotFoundError:  # a script removed the directory: `rm -r "${0%/*}"`
+            self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._write_prelude()
+            fd = os.open(partial, flags, 0o400)
         try:
             while data:
                 data = data[os.write(fd, data) :]
@@ -165,6 +169,11 @@ class ScriptFiles:
             os.close(fd)
         os.replace(partial, path)
         return written
+
+    def _write_prelude(self) -> None:
+        if self._open_files_limit is not None:
+            prelude = _PRELUDE.replace("OPEN_FILES", str(self._open_files_limit))
+            self._replace(self._prelude_path(), prelude)
 
     def _prelude_path(self) -> Path:
         return self._directory / "prelude.sh"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
 import uuid
@@ -52,6 +53,14 @@ def test_a_shared_file_removed_or_changed_since_it_was_written_is_written_again(
     assert (second.read_text(), first.read_text()) == ("echo one", "echo changed")
     shared.unlink()  # removed by hand
     assert scripts.acquire("echo one", uuid.uuid4()).read_text() == "echo one"
+
+
+def test_a_directory_a_script_removed_is_made_again(tmp_path: Path) -> None:
+    scripts = files(tmp_path, open_files_limit=100)
+    own = scripts.acquire("echo one", uuid.uuid4())
+    shutil.rmtree(own.parent)  # `rm -rf "$(dirname "$0")"`
+    assert scripts.acquire("echo one", uuid.uuid4()).read_text() == "echo one"
+    assert "ulimit -S -n 100" in (own.parent / "prelude.sh").read_text()
 
 
 def test_only_the_most_recent_shared_files_stay_and_runs_keep_theirs(tmp_path: Path) -> None:
