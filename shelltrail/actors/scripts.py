@@ -36,6 +36,7 @@ from typing import Final
 import structlog
 
 from shelltrail.actors.rundirs import remove_rundir
+from shelltrail.domain import script_sha256
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +124,7 @@ class ScriptFiles:
 
     def acquire(self, script: str, process_id: uuid.UUID) -> Path:
         """A file of the run's own holding ``script``; :meth:`release` it once the run ends."""
-        sha256 = hashlib.sha256(script.encode()).hexdigest()
+        sha256 = script_sha256(script)  # as the run's Queued event records it
         shared = self._directory / f"{sha256}.sh"
         own = self._directory / f"{process_id}.sh"
         with self._lock:
@@ -161,7 +162,7 @@ class ScriptFiles:
         try:
             while data:
                 data = data[os.write(fd, data) :]
-            written = _looks_fd(fd)
+            written = _looks_of(os.fstat(fd))
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -184,10 +185,6 @@ def _looks(path: Path) -> _Written | None:
         return _looks_of(os.stat(path))
     except OSError:
         return None
-
-
-def _looks_fd(fd: int) -> _Written:
-    return _looks_of(os.fstat(fd))
 
 
 def _looks_of(st: os.stat_result) -> _Written:
