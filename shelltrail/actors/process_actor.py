@@ -33,6 +33,7 @@ import structlog
 
 from shelltrail.actors.rundirs import remove_rundir
 from shelltrail.actors.scripts import ScriptFiles
+from shelltrail.actors.threads import ActorThreads
 from shelltrail.actors.tree import MARKER, OrphanReaper, Sweeper, signal_group
 from shelltrail.domain import (
     Exited,
@@ -145,8 +146,10 @@ class ProcessActor(pykka.ThreadingActor):
         scripts: ScriptFiles,
         wake_fd: int,
         on_finished: Callable[[uuid.UUID, concurrent.futures.Future[Any] | None], None],
+        threads: ActorThreads | None = None,
     ) -> None:
         super().__init__()
+        self._threads = threads
         self._spec = spec
         self._config = config
         self._sink = sink
@@ -175,6 +178,13 @@ class ProcessActor(pykka.ThreadingActor):
         self._done = False
 
     # --- pykka hooks ----------------------------------------------------------------------
+
+    def _start_actor_loop(self) -> None:
+        # pykka's own: a new thread per actor. Its hook for other ways of running the loop.
+        if self._threads is None:
+            super()._start_actor_loop()
+        else:
+            self._threads.run(self._actor_loop, name=f"ProcessActor-{self._marker[:8]}")
 
     def on_start(self) -> None:
         # pykka skips on_failure and on_stop when on_start raises: guard everything here.

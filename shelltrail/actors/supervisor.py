@@ -25,6 +25,7 @@ import structlog
 from shelltrail.actors.process_actor import ProcessActor, RunnerConfig, RunSpec, Stop
 from shelltrail.actors.rundirs import remove_rundir
 from shelltrail.actors.scripts import ScriptFiles
+from shelltrail.actors.threads import ActorThreads
 from shelltrail.actors.tree import OrphanReaper, Sweeper, become_subreaper, kill_marked
 from shelltrail.domain import (
     CommandVersion,
@@ -126,11 +127,17 @@ class ProcessSupervisor:
         self._closing = False
         self._reaper_task: asyncio.Task[None] | None = None
         self._launcher = concurrent.futures.ThreadPoolExecutor(1, "actor-launcher")
+        self._threads = ActorThreads(name="process-actor")
         #: Counters for /metrics.
         self.runs_accepted = 0
         self.runs_ended = 0
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def actor_threads(self) -> ActorThreads:
+        """The threads the actors run on, reused from one run to the next."""
+        return self._threads
 
     @property
     def running_count(self) -> int:
@@ -239,6 +246,7 @@ class ProcessSupervisor:
                     scripts=self._scripts,
                     wake_fd=wake_r,
                     on_finished=finished,
+                    threads=self._threads,
                 )
             except Exception as exc:  # noqa: BLE001 -- e.g. no thread could be started
                 log.error("could not start a process actor", error=str(exc))
@@ -373,6 +381,7 @@ class ProcessSupervisor:
         if self._ended:
             await asyncio.gather(*(asyncio.shield(f) for f in self._ended.values()))
         self._launcher.shutdown(wait=False)
+        self._threads.close()
         if self._sweeper is not None:
             self._sweeper.close()
         if self._reaper_task is not None:

@@ -521,6 +521,22 @@ async def test_a_failing_actor_still_closes_its_run(
     assert row["status"] == "lost"
 
 
+async def test_runs_one_after_another_reuse_one_actor_thread(runs: Runs) -> None:
+    """An ended run's thread runs the next actor: no thread started and ended per run."""
+    threads = runs.supervisor.actor_threads
+    before = threads.started
+    for _ in range(3):
+        pid = await runs.start("echo $$")
+        events = await runs.wait(pid)
+        assert events[-1].type == "Exited"
+        for _ in range(1000):  # the actor's loop ends just after its last append is handed on
+            if threads.idle >= 1:
+                break
+            await asyncio.sleep(0.005)
+        assert threads.idle >= 1
+    assert threads.started - before == 1
+
+
 async def test_no_zombie_is_left_behind(runs: Runs) -> None:
     """Orphans the runs left, once killed, are reaped by the server (their subreaper)."""
     from shelltrail.actors.tree import _zombie_children
