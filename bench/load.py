@@ -19,7 +19,8 @@ load-mixed: ``clients`` (100) clients, no pause between actions, for ``seconds``
 start 25 %, status 35 %, output 25 %, follow 15 %. Before it, a warm-up of the same mix
 (5 s) fills the connection pools and starts the server's helper threads, and the server's
 open descriptors and threads are taken once it is quiet (no script alive, no pipe, no
-client connection; the thread count steady). Results: requests without error (target: all
+client connection; the same for 6 s, longer than an idle actor thread waits for its next
+run, so none is counted). Results: requests without error (target: all
 of them); server RSS in the last 10 s over the first 10 s (sampled every 0.5 s; target at
 most 1.10); and, once every run has ended and the clients have closed their connections,
 open descriptors and threads against those before (target: not above; the database

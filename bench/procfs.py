@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from shelltrail.actors.threads import IDLE_SECONDS
+
 MIB: Final = 1024 * 1024
 
 #: Kinds of open file descriptor, as :func:`open_fds` counts them.
@@ -146,21 +148,35 @@ def is_quiet(shot: Snapshot) -> bool:
     )
 
 
-async def quiet_snapshot(
-    pid: int, *, http_port: int, deadline_seconds: float = 60.0, steady: int = 5
-) -> Snapshot:
-    """The server's snapshot once it is quiet and its thread count has stopped changing.
+#: How long a quiet server's snapshot must stay the same: longer than an idle actor
+#: thread waits for its next run (shelltrail.actors.threads), so that none is counted.
+STEADY_SECONDS: Final = IDLE_SECONDS + 1.0
 
-    Quiet: :func:`is_quiet`; steady: ``steady`` snapshots in a row, 0.1 s apart, equal
-    (an actor thread lives on for a moment after its run has ended). Raises
-    ``TimeoutError`` after ``deadline_seconds``.
+
+async def quiet_snapshot(
+    pid: int,
+    *,
+    http_port: int,
+    deadline_seconds: float = 60.0,
+    steady_seconds: float = STEADY_SECONDS,
+) -> Snapshot:
+    """The server's snapshot once it is quiet and has stopped changing.
+
+    Quiet: :func:`is_quiet`; steady: the same snapshot, taken every 0.1 s, for
+    ``steady_seconds``. An actor thread waits up to ``IDLE_SECONDS`` for the next run
+    before it ends, so a baseline taken sooner would count the idle threads, and a
+    comparison with it would miss as many leaked ones. Raises ``TimeoutError`` after
+    ``deadline_seconds``.
     """
     deadline = time.monotonic() + deadline_seconds
     same: list[Snapshot] = []
+    since = time.monotonic()
     while True:
         shot = snapshot(pid, http_port=http_port)
-        same = [*same, shot] if same and same[-1] == shot and is_quiet(shot) else [shot]
-        if len(same) >= steady and is_quiet(shot):
+        if not (same and same[-1] == shot and is_quiet(shot)):
+            same, since = [], time.monotonic()
+        same.append(shot)
+        if time.monotonic() - since >= steady_seconds and is_quiet(shot):
             return shot
         if time.monotonic() > deadline:
             raise TimeoutError(f"the server did not settle: {shot.describe()}")
