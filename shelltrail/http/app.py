@@ -162,7 +162,13 @@ def create_app(
     app.on_response_prepare.append(_answered)
     routes = [*OPS_ROUTES, *API_ROUTES]
     for route in routes:
-        app.router.add_route(route.method, route.path, _guarded(route))
+        handler = _guarded(route)
+        app.router.add_route(route.method, route.path, handler)
+        if route.method == "GET":
+            # RFC 9110 (9.1, 9.3.2): what answers GET answers HEAD, with the same status and
+            # headers and no body. aiohttp drops a Response's body; the streaming handlers
+            # stop once their headers are sent.
+            app.router.add_route("HEAD", route.path, handler)
     document = build_openapi(routes)
     app.router.add_get(OPENAPI_PATH, _static_json(document))
     app.router.add_get(DOCS_PATH, _docs)

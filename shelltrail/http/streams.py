@@ -156,8 +156,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                 400, f"there is no event {after} yet: the process is at version {state.version}"
             )
     response = await _open_sse(request)
-    if state.is_terminal and after >= state.version:
-        return response  # nothing left to send
+    if request.method == "HEAD" or (state.is_terminal and after >= state.version):
+        return response  # nothing (left) to send
     loop = asyncio.get_running_loop()
     written = loop.time()
     idle = min(PRESENCE_SECONDS, KEEPALIVE_SECONDS)
@@ -192,6 +192,8 @@ async def output(request: web.Request) -> web.StreamResponse:
         headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
+    if request.method == "HEAD":
+        return response
     if state.is_terminal:
         position = query.offset
         while data := await read_output(
@@ -225,6 +227,8 @@ async def replay(request: web.Request) -> web.StreamResponse:
     query = parse_query(request, ReplayQuery)
     state = await known_process(request)
     response = await _open_sse(request)
+    if request.method == "HEAD":
+        return response
     async with _live_events(request, state.id, 0) as events:
         await _replay(request, response, events, query.speed)
     return response
