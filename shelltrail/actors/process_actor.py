@@ -183,8 +183,22 @@ class ProcessActor(pykka.ThreadingActor):
         # pykka's own: a new thread per actor. Its hook for other ways of running the loop.
         if self._threads is None:
             super()._start_actor_loop()
-        else:
-            self._threads.run(self._actor_loop, name=f"ProcessActor-{self._marker[:8]}")
+            return
+        try:
+            self._threads.run(
+                self._actor_loop,
+                name=f"ProcessActor-{self._marker[:8]}",
+                reusable=self._reaped,
+            )
+        except BaseException:
+            pykka.ActorRegistry.unregister(self.actor_ref)  # registered by start(), never run
+            raise
+
+    def _reaped(self) -> bool:
+        """Whether the script this actor spawned (if any) has been reaped. If not (a
+        failure path gave up on it), the actor's thread must end rather than serve the next
+        run: its end sends the script the parent-death signal."""
+        return self._proc is None or self._proc.returncode is not None
 
     def on_start(self) -> None:
         # pykka skips on_failure and on_stop when on_start raises: guard everything here.

@@ -9,8 +9,11 @@ thread that has finished its last one, if one is idle, and starts a new one only
 A thread idle for ``idle_seconds`` ends, so an idle server keeps no more than it needs.
 
 One actor at a time per thread, from its start to its end, as with pykka's own threads:
-the actor still owns its thread while it lives (the children it spawns are the thread's,
-which the parent-death signal of :mod:`shelltrail.actors.process_actor` relies on).
+the actor still owns its thread while it lives. The children it spawns are the thread's,
+and the parent-death signal of :mod:`shelltrail.actors.process_actor` is sent when the
+thread ends: a job that leaves a child of its thread unreaped (an actor that failed to reap
+its script) says so through ``reusable``, and its thread ends at once instead of waiting for
+the next actor, so that signal still kills what the actor left.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ log = structlog.get_logger(__name__)
 IDLE_SECONDS: Final = 5.0
 
 Job = Callable[[], None]
+#: A job as a worker runs it: True if its thread may run another one afterwards.
+_Task = Callable[[], bool]
 
 
 class _Worker:
     __slots__ = ("jobs", "thread")
 
     def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
 
 
@@ -50,27 +55,31 @@ class ActorThreads:
         self._started = 0
         self._closed = False
 
-    def run(self, job: Job, *, name: str) -> None:
+    def run(self, job: Job, *, name: str, reusable: Callable[[], bool] | None = None) -> None:
         """Run ``job`` on an idle thread, or on a new one (which may raise RuntimeError).
 
-        ``name`` becomes the thread's name while the job runs.
+        ``name`` becomes the thread's name while the job runs. ``reusable``, asked once the
+        job has returned, says whether the thread may run another job; if not, it ends.
         """
+        task = _task(job, name, reusable)
         with self._lock:
             worker = self._idle.pop() if self._idle else None
             self._started += worker is None
             number = self._started
         if worker is not None:
-            worker.jobs.put(_named(job, name))
+            worker.jobs.put(task)
             return
         worker = _Worker()
         thread = threading.Thread(
-            target=self._serve,
-            args=(worker, _named(job, name)),
-            name=f"{self._name}-{number}",
-            daemon=True,
+            target=self._serve, args=(worker, task), name=f"{self._name}-{number}", daemon=True
         )
         worker.thread = thread
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._started -= 1
+            raise
 
     @property
     def started(self) -> int:
@@ -92,16 +101,17 @@ class ActorThreads:
         for worker in idle:
             worker.jobs.put(None)
 
-    def _serve(self, worker: _Worker, job: Job | None) -> None:  # the worker's thread
-        while job is not None:
+    def _serve(self, worker: _Worker, task: _Task | None) -> None:  # the worker's thread
+        while task is not None:
             try:
                 # Each actor starts from an empty context: nothing bound by the one before.
-                contextvars.Context().run(job)
+                if not contextvars.Context().run(task):
+                    return  # ending the thread is the point (see the module's docstring)
             except Exception:  # pykka handles the actors' own errors: this is a bug here
                 log.exception("an actor thread's job failed")
-            job = self._next(worker)
+            task = self._next(worker)
 
-    def _next(self, worker: _Worker) -> Job | None:
+    def _next(self, worker: _Worker) -> _Task | None:
         with self._lock:
             if self._closed:
                 return None
@@ -118,8 +128,8 @@ class ActorThreads:
         return worker.jobs.get()
 
 
-def _named(job: Job, name: str) -> Job:
-    def named() -> None:
+def _task(job: Job, name: str, reusable: Callable[[], bool] | None) -> _Task:
+    def task() -> bool:
         thread = threading.current_thread()
         own = thread.name
         thread.name = name
@@ -127,5 +137,6 @@ def _named(job: Job, name: str) -> Job:
             job()
         finally:
             thread.name = own
+        return reusable is None or reusable()
 
-    return named
+    return task

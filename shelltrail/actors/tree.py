@@ -282,18 +282,21 @@ class SharedReading(Generic[T]):
         self._read = read
         self._lock = threading.Lock()
         self._begun = 0  # readings begun so far; each begins under the lock
+        self._last_number = 0  # the number of the last reading that succeeded
         self._last: T | None = None
 
     def __call__(self) -> T:
         arrived = self._begun
         with self._lock:
-            if self._begun > arrived:
-                # A reading began after this call (the count moved on since), and it has
-                # finished, since the lock is ours: its result will do.
+            if self._last_number > arrived:
+                # The last good reading began after this call (it is numbered past the
+                # count seen on arrival) and has finished, since the lock is ours.
                 return self._last  # type: ignore[return-value]
             self._begun += 1
-            self._last = self._read()
-            return self._last
+            number = self._begun
+            value = self._read()  # if it raises, nothing is kept for others
+            self._last, self._last_number = value, number
+            return value
 
 
 class Sweeper:

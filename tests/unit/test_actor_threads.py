@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+import shutil
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +23,11 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"not within {WAIT} s: {what}")
         time.sleep(0.001)
+
+
+def comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
 
 
 class Job:
@@ -159,3 +167,47 @@ def test_a_failing_job_does_not_end_its_thread() -> None:
         assert threads.started == 1
     finally:
         threads.close()
+
+
+def test_a_job_that_leaves_a_child_unreaped_ends_its_thread() -> None:
+    """Its thread ends at once instead of waiting for the next job, so the parent-death
+    signal reaches the child the job left (as when each actor had a thread of its own)."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv (util-linux) is needed"
+    threads = ActorThreads(idle_seconds=WAIT)
+    children: list[subprocess.Popen[bytes]] = []
+
+    def spawn_and_leave() -> None:
+        child = subprocess.Popen([setpriv, "--pdeathsig", "KILL", "--", "sleep", "1000"])
+        children.append(child)
+        # setpriv sets the signal, then execs sleep: the job ends only once it is set.
+        wait_until(lambda: comm(child.pid) == "sleep", "setpriv has set the signal")
+
+    try:
+        threads.run(spawn_and_leave, name="leaves a child", reusable=lambda: False)
+        wait_until(lambda: bool(children), "the child is spawned")
+        assert children[0].wait(WAIT) == -signal.SIGKILL
+        assert threads.idle == 0
+        job = Job()
+        job.release.set()
+        threads.run(job, name="next")  # a new thread
+        assert job.done.wait(WAIT)
+        assert threads.started == 2
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        threads.close()
+
+
+def test_a_thread_that_cannot_start_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(_thread: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    threads = ActorThreads(idle_seconds=WAIT)
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(RuntimeError, match="can't start"):
+        threads.run(Job(), name="never")
+    assert threads.started == 0
+    assert threads.idle == 0

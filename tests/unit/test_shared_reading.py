@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterator
 
 from shelltrail.actors.tree import SharedReading
 
@@ -78,3 +79,44 @@ def test_a_caller_arriving_during_a_reading_gets_the_next_one() -> None:
     late.join(WAIT)
     assert got == ["old"]
     assert second == ["new"]
+
+
+def test_a_failed_reading_is_never_handed_to_a_caller_who_arrived_before_it() -> None:
+    """C arrives, then another caller's reading begins and fails: C must read again, not
+    take the reading from before its arrival."""
+    outcomes: Iterator[str | Exception] = iter(
+        ["before C", RuntimeError("the reading failed"), "fresh"]
+    )
+
+    def read() -> str:
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    reading = SharedReading(read)
+    assert reading() == "before C"
+    lock = reading._lock  # the test orders C's wait for the lock after the failed reading
+    c_waits, failed = threading.Event(), threading.Event()
+
+    class OrderedLock:
+        def __enter__(self) -> None:
+            if threading.current_thread().name == "C":
+                c_waits.set()
+                failed.wait(WAIT)
+            lock.acquire()
+
+        def __exit__(self, *_: object) -> None:
+            lock.release()
+
+    reading._lock = OrderedLock()  # type: ignore[assignment]
+    got: list[str] = []
+    c = threading.Thread(target=lambda: got.append(reading()), name="C")
+    c.start()
+    assert c_waits.wait(WAIT)  # C has counted the readings begun, and waits for the lock
+    try:
+        reading()
+    except RuntimeError:
+        failed.set()
+    c.join(WAIT)
+    assert got == ["fresh"]
