@@ -37,11 +37,10 @@ _Task = Callable[[], bool]
 
 
 class _Worker:
-    __slots__ = ("jobs", "thread")
+    __slots__ = ("jobs",)
 
     def __init__(self) -> None:
         self.jobs: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
-        self.thread: threading.Thread | None = None
 
 
 class ActorThreads:
@@ -73,7 +72,6 @@ class ActorThreads:
         thread = threading.Thread(
             target=self._serve, args=(worker, task), name=f"{self._name}-{number}", daemon=True
         )
-        worker.thread = thread
         try:
             thread.start()
         except BaseException:
