@@ -10,11 +10,13 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import os
+import queue
 import signal as signals
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -65,6 +67,37 @@ class SupervisorLimits:
     shutdown_grace_seconds: float = 5.0
 
 
+class _Waker:
+    """Writes and closes the actors' wake-up pipes in a thread of its own, for the loop.
+
+    A write to a run's wake-up pipe wakes its actor, which then wants the GIL. The loop
+    thread lets go of the GIL for the write and then waits to get it back: 0.7 ms per
+    write on average while 1,000 runs were being stopped, during which no request was
+    served (closing the pipe, 0.1 ms). The loop only queues the work, which is no system
+    call; this thread does it, in order.
+    """
+
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="actor-waker", daemon=True)
+        self._thread.start()
+
+    def later(self, work: Callable[[], None]) -> None:
+        self._work.put(work)
+
+    def close(self) -> None:
+        """Do the work queued so far, then end the thread."""
+        self._work.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while (work := self._work.get()) is not None:
+            try:
+                work()
+            except Exception:
+                log.exception("writing or closing a wake-up pipe failed")
+
+
 class _RunHandle:
     """An actor and the wake-up pipe that interrupts its ``select``.
 
@@ -72,8 +105,9 @@ class _RunHandle:
     here and are delivered by :meth:`attach`. Thread-safe.
     """
 
-    def __init__(self, wake_w: int) -> None:
+    def __init__(self, wake_w: int, waker: _Waker) -> None:
         self._wake_w = wake_w
+        self._waker = waker
         self._lock = threading.Lock()
         self._actor_ref: pykka.ActorRef[ProcessActor] | None = None
         self._early: list[object] = []
@@ -88,6 +122,7 @@ class _RunHandle:
             self.tell(message)
 
     def tell(self, message: object) -> None:
+        """Put ``message`` in the actor's inbox, then have the waker wake the actor."""
         with self._lock:
             if self._actor_ref is None:
                 self._early.append(message)
@@ -96,16 +131,28 @@ class _RunHandle:
                 return
             with contextlib.suppress(pykka.ActorDeadError):
                 self._actor_ref.tell(message)
+        self._waker.later(self._write_wakeup)
+
+    def _write_wakeup(self) -> None:
+        """Runs in the waker's thread: one byte on the wake-up pipe, unless it is closed."""
+        with self._lock:
+            if self._closed:
+                return
             # A full pipe already holds a wake-up; a broken one means the run has ended.
             with contextlib.suppress(BlockingIOError, OSError):
                 os.write(self._wake_w, b"\0")
 
     def close(self) -> None:
-        """Close the write end; under the lock, so no late tell writes to a reused fd."""
+        """No more wake-ups; the waker closes the write end after those queued before.
+
+        Marked closed under the lock, so no later tell writes, and the descriptor is closed
+        only after every queued write: none can land on a reused descriptor.
+        """
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                os.close(self._wake_w)
+            if self._closed:
+                return
+            self._closed = True
+        self._waker.later(functools.partial(os.close, self._wake_w))
 
 
 class ProcessSupervisor:
@@ -128,6 +175,7 @@ class ProcessSupervisor:
         self._reaper_task: asyncio.Task[None] | None = None
         self._launcher = concurrent.futures.ThreadPoolExecutor(1, "actor-launcher")
         self._threads = ActorThreads(name="process-actor")
+        self._waker = _Waker()
         #: Counters for /metrics.
         self.runs_accepted = 0
         self.runs_ended = 0
@@ -226,7 +274,7 @@ class ProcessSupervisor:
         sweeper = self._sweeper
         assert sweeper is not None, "start() the supervisor first"
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        handle = _RunHandle(wake_w)
+        handle = _RunHandle(wake_w, self._waker)
         self._running[spec.process_id] = handle
 
         def finished(  # runs in the actor's thread
@@ -381,6 +429,7 @@ class ProcessSupervisor:
         if self._ended:
             await asyncio.gather(*(asyncio.shield(f) for f in self._ended.values()))
         self._launcher.shutdown(wait=False)
+        self._waker.close()
         self._threads.close()
         if self._sweeper is not None:
             self._sweeper.close()

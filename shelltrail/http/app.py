@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -303,10 +303,18 @@ async def _answered(request: web.Request, _response: web.StreamResponse) -> None
         done()
 
 
+def _new_request_id() -> str:
+    """32 random hex digits. Not ``uuid4``: its ``os.urandom`` is a system call, and a loop
+    thread that lets go of the GIL for one waits to get it back while actor threads are
+    busy (0.18 ms per request while 1,000 runs were being stopped). An id that names a
+    request in the logs needs no cryptographic randomness."""
+    return f"{random.getrandbits(128):032x}"
+
+
 @web.middleware
 async def _request_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One line per request, with a request id (also sent back as X-Request-ID)."""
-    request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-ID", "")[:64] or _new_request_id()
     started = time.perf_counter()
     status = 500
     try:

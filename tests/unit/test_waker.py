@@ -1,0 +1,71 @@
+"""The wake-up pipes of the runs, written and closed by the waker thread, not the loop."""
+
+from __future__ import annotations
+
+import os
+import select
+from typing import Any
+
+from shelltrail.actors.supervisor import _RunHandle, _Waker
+
+WAIT = 10.0
+
+
+class FakeActor:
+    def __init__(self) -> None:
+        self.told: list[object] = []
+
+    def tell(self, message: object) -> None:
+        self.told.append(message)
+
+
+def read_wakeup(fd: int) -> bytes:
+    ready, _, _ = select.select([fd], [], [], WAIT)
+    assert ready, "no wake-up"
+    return os.read(fd, 16)
+
+
+def test_a_tell_puts_the_message_first_then_a_byte_on_the_pipe() -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    waker = _Waker()
+    try:
+        handle = _RunHandle(wake_w, waker)
+        actor = FakeActor()
+        handle.tell("early")  # before the actor exists: kept
+        handle.attach(actor)  # type: ignore[arg-type]
+        assert actor.told == ["early"]
+        assert read_wakeup(wake_r) == b"\0"
+        handle.tell("stop")
+        assert actor.told == ["early", "stop"]
+        assert read_wakeup(wake_r) == b"\0"
+        handle.close()
+    finally:
+        waker.close()
+        os.close(wake_r)
+
+
+def test_after_close_nothing_is_told_or_written_and_the_pipe_is_closed() -> None:
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    waker = _Waker()
+    handle = _RunHandle(wake_w, waker)
+    actor = FakeActor()
+    handle.attach(actor)  # type: ignore[arg-type]
+    handle.close()
+    handle.tell("late")
+    waker.close()  # does everything queued, the closing of the pipe included
+    assert actor.told == []
+    assert os.read(wake_r, 16) == b""  # the write end is closed: end of file, no byte
+    os.close(wake_r)
+
+
+def test_a_failing_job_does_not_stop_the_waker() -> None:
+    waker = _Waker()
+    done: list[Any] = []
+
+    def failing() -> None:
+        raise RuntimeError("a bug")
+
+    waker.later(failing)
+    waker.later(lambda: done.append(True))
+    waker.close()
+    assert done == [True]
