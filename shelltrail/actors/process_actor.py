@@ -144,9 +144,9 @@ class ProcessActor(pykka.ThreadingActor):
         sweeper: Sweeper,
         reaper: OrphanReaper,
         scripts: ScriptFiles,
+        threads: ActorThreads,
         wake_fd: int,
         on_finished: Callable[[uuid.UUID, concurrent.futures.Future[Any] | None], None],
-        threads: ActorThreads | None = None,
     ) -> None:
         super().__init__()
         self._threads = threads
@@ -180,10 +180,8 @@ class ProcessActor(pykka.ThreadingActor):
     # --- pykka hooks ----------------------------------------------------------------------
 
     def _start_actor_loop(self) -> None:
-        # pykka's own: a new thread per actor. Its hook for other ways of running the loop.
-        if self._threads is None:
-            super()._start_actor_loop()
-            return
+        # pykka's own starts a new thread per actor; this hook is how an actor class chooses
+        # where its loop runs (ADR 0012).
         try:
             self._threads.run(
                 self._actor_loop,

@@ -95,6 +95,7 @@ def _reading_actor(spec: RunSpec, runs_dir: Path) -> tuple[ProcessActor, list[Pr
         sweeper=None,  # type: ignore[arg-type]
         reaper=None,  # type: ignore[arg-type]
         scripts=None,  # type: ignore[arg-type]
+        threads=None,  # type: ignore[arg-type]
         wake_fd=-1,
         on_finished=lambda *_: None,
     )
