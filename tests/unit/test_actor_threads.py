@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import shutil
 import signal
 import subprocess
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 
 from shelltrail.actors.threads import ActorThreads
+from tests.integration.faults import wait_until
 
 WAIT = 10.0
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {WAIT} s: {what}")
-        time.sleep(0.001)
+#: Polls every millisecond: the conditions here turn true within microseconds.
+wait = functools.partial(wait_until, timeout=WAIT, interval=0.001)
 
 
 def comm(pid: int) -> str:
@@ -53,7 +47,7 @@ def test_a_thread_whose_job_ended_runs_the_next_one() -> None:
         first.release.set()
         threads.run(first, name="first")
         assert first.done.wait(WAIT)
-        wait_until(lambda: threads.idle == 1, "the thread is idle again")
+        wait(lambda: threads.idle == 1, what="the thread is idle again")
         second.release.set()
         threads.run(second, name="second")
         assert second.done.wait(WAIT)
@@ -70,7 +64,7 @@ def test_jobs_at_the_same_time_get_threads_of_their_own() -> None:
     try:
         for number, job in enumerate(jobs):
             threads.run(job, name=f"job-{number}")
-        wait_until(lambda: all(job.thread is not None for job in jobs), "every job runs")
+        wait(lambda: all(job.thread is not None for job in jobs), what="every job runs")
         assert len({id(job.thread) for job in jobs}) == 5
         assert threads.started == 5
     finally:
@@ -104,14 +98,14 @@ def test_close_ends_idle_threads_at_once_and_busy_ones_after_their_job() -> None
     idle.release.set()
     threads.run(idle, name="idle")
     assert idle.done.wait(WAIT)
-    wait_until(lambda: threads.idle == 1, "the first thread is idle")
+    wait(lambda: threads.idle == 1, what="the first thread is idle")
     threads.run(busy, name="busy")  # takes the idle thread
-    wait_until(lambda: busy.thread is not None, "the job runs")
+    wait(lambda: busy.thread is not None, what="the job runs")
     other = Job()
     other.release.set()
     threads.run(other, name="other")  # a second thread
     assert other.done.wait(WAIT)
-    wait_until(lambda: threads.idle == 1, "the second thread is idle")
+    wait(lambda: threads.idle == 1, what="the second thread is idle")
     threads.close()
     assert other.thread is not None
     assert busy.thread is not None
@@ -141,7 +135,7 @@ def test_each_job_starts_from_an_empty_context() -> None:
     try:
         threads.run(first, name="first")
         assert done.wait(WAIT)
-        wait_until(lambda: threads.idle == 1, "the thread is idle again")
+        wait(lambda: threads.idle == 1, what="the thread is idle again")
         done.clear()
         threads.run(second, name="second")
         assert done.wait(WAIT)
@@ -159,7 +153,7 @@ def test_a_failing_job_does_not_end_its_thread() -> None:
 
     try:
         threads.run(failing, name="failing")
-        wait_until(lambda: threads.idle == 1, "the thread is idle again")
+        wait(lambda: threads.idle == 1, what="the thread is idle again")
         job = Job()
         job.release.set()
         threads.run(job, name="after")
@@ -181,11 +175,11 @@ def test_a_job_that_leaves_a_child_unreaped_ends_its_thread() -> None:
         child = subprocess.Popen([setpriv, "--pdeathsig", "KILL", "--", "sleep", "1000"])
         children.append(child)
         # setpriv sets the signal, then execs sleep: the job ends only once it is set.
-        wait_until(lambda: comm(child.pid) == "sleep", "setpriv has set the signal")
+        wait(lambda: comm(child.pid) == "sleep", what="setpriv has set the signal")
 
     try:
         threads.run(spawn_and_leave, name="leaves a child", reusable=lambda: False)
-        wait_until(lambda: bool(children), "the child is spawned")
+        wait(lambda: bool(children), what="the child is spawned")
         assert children[0].wait(WAIT) == -signal.SIGKILL
         assert threads.idle == 0
         job = Job()
