@@ -169,13 +169,13 @@ async def quiet_snapshot(
     ``deadline_seconds``.
     """
     deadline = time.monotonic() + deadline_seconds
-    same: list[Snapshot] = []
+    last: Snapshot | None = None
     since = time.monotonic()
     while True:
         shot = snapshot(pid, http_port=http_port)
-        if not (same and same[-1] == shot and is_quiet(shot)):
-            same, since = [], time.monotonic()
-        same.append(shot)
+        if shot != last or not is_quiet(shot):
+            since = time.monotonic()
+        last = shot
         if time.monotonic() - since >= steady_seconds and is_quiet(shot):
             return shot
         if time.monotonic() > deadline:
