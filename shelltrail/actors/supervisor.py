@@ -74,7 +74,8 @@ class _Waker:
     thread lets go of the GIL for the write and then waits to get it back: 0.7 ms per
     write on average while 1,000 runs were being stopped, during which no request was
     served (closing the pipe, 0.1 ms). The loop only queues the work, which is no system
-    call; this thread does it, in order.
+    call; this thread does it, in order. (Not a ``ThreadPoolExecutor``: its ``submit`` takes
+    a lock that its worker takes too, and a loop blocked on it lets go of the GIL.)
     """
 
     def __init__(self) -> None:
