@@ -59,6 +59,8 @@ _FLOOD_PIPE_BYTES: Final = 1024 * 1024
 _GROWN_PIPES: Final = threading.BoundedSemaphore(16)
 #: The longest single wait in the actor's loop, in seconds (see ``_next_wakeup``).
 _LONGEST_WAIT: Final = 3600.0
+#: The wake-up pipe is read this much at a time; one byte is written per message told.
+_WAKE_READ: Final = 4096
 
 
 class EventSink(Protocol):
@@ -168,7 +170,7 @@ class ProcessActor(pykka.ThreadingActor):
         self._rundir = config.runs_dir.absolute() / self._marker
         self._proc: subprocess.Popen[bytes] | None = None
         self._pidfd = -1
-        self._selector: selectors.DefaultSelector | None = None
+        self._selector: selectors.PollSelector | None = None
         self._streams: dict[int, _StreamBuffer] = {}
         self._stored = 0
         self._dropped = 0
@@ -281,7 +283,10 @@ class ProcessActor(pykka.ThreadingActor):
         assert proc.stdout is not None
         assert proc.stderr is not None
         self._pidfd = os.pidfd_open(proc.pid)
-        self._selector = selectors.DefaultSelector()
+        # poll, not epoll: registering, unregistering and closing cost no system call, and
+        # each one an actor makes is a wait for the GIL when a thousand actors are busy
+        # (docs/benchmarks.md). Four descriptors cost poll nothing more than epoll.
+        self._selector = selectors.PollSelector()
         for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
             buffer = _StreamBuffer(name=name, fd=pipe.fileno())  # type: ignore[arg-type]
             self._streams[buffer.fd] = buffer
@@ -603,8 +608,10 @@ def _now() -> datetime:
 
 
 def _drain_wakeups(fd: int) -> None:
+    """Empty the wake-up pipe. A short read found it empty; a byte written after that makes
+    it readable again for the next ``select``."""
     with contextlib.suppress(BlockingIOError):
-        while os.read(fd, 4096):
+        while len(os.read(fd, _WAKE_READ)) == _WAKE_READ:
             pass
 
 
