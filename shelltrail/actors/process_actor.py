@@ -337,7 +337,7 @@ class ProcessActor(pykka.ThreadingActor):
             deadlines.append(self._kill_at)
         if not deadlines:
             return None
-        # epoll takes at most 2**31 - 1 ms (about 24.8 days); a longer timeout wakes up
+        # poll takes at most 2**31 - 1 ms (about 24.8 days); a longer timeout wakes up
         # early, finds nothing due, and waits again.
         return min(max(0.0, min(deadlines) - now), _LONGEST_WAIT)
 
