@@ -1,7 +1,7 @@
 """The façade the HTTP layer calls: start, stop and shut down runs.
 
 Call every coroutine here on the event loop. Nothing here waits on an actor: the loop tells
-actors what to do, and actors report back through ``loop.call_soon_threadsafe``.
+actors what to do, and actors report back through calls run on the loop (``_LoopCalls``).
 """
 
 from __future__ import annotations
@@ -99,6 +99,48 @@ class _Waker:
                 log.exception("writing or closing a wake-up pipe failed")
 
 
+class _LoopCalls:
+    """Calls from any thread, run on the loop, with one wake-up of the loop for as many as
+    arrive before it runs them.
+
+    ``loop.call_soon_threadsafe`` writes to the loop's wake-up socket on every call, even
+    from the loop's own thread: a system call, and in an actor's thread a wait for the GIL
+    after it when many actors are busy. Runs that end together (a mass stop, hundreds of
+    short runs a second) share one write here, and the loop's own calls make none.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()  # made on the loop (``start``)
+        self._lock = threading.Lock()
+        self._calls: list[Callable[[], None]] = []
+
+    def call(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the loop, soon; any thread."""
+        if threading.get_ident() == self._loop_thread:
+            self._loop.call_soon(call)
+            return
+        with self._lock:
+            self._calls.append(call)
+            if len(self._calls) > 1:
+                return  # the loop has yet to run the first: it runs this one too
+        try:
+            self._loop.call_soon_threadsafe(self._run)
+        except BaseException:  # e.g. the loop is closed: this call fails, and so will the next
+            with self._lock:
+                self._calls.clear()
+            raise
+
+    def _run(self) -> None:  # on the loop
+        with self._lock:
+            calls, self._calls = self._calls, []
+        for call in calls:
+            try:
+                call()
+            except Exception:  # as the loop would: log it, and run the others
+                log.exception("a call from an actor's thread failed")
+
+
 class _RunHandle:
     """An actor and the wake-up pipe that interrupts its ``select``.
 
@@ -182,6 +224,7 @@ class ProcessSupervisor:
         self.runs_ended = 0
         self._background: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_calls: _LoopCalls | None = None
 
     @property
     def actor_threads(self) -> ActorThreads:
@@ -199,6 +242,7 @@ class ProcessSupervisor:
     async def start(self) -> None:
         """Adopt orphans, close runs a previous server left behind, start reaping."""
         self._loop = asyncio.get_running_loop()
+        self._loop_calls = _LoopCalls(self._loop)
         subreaper = become_subreaper()
         if not subreaper:
             log.warning("cannot become a child subreaper; orphans go to PID 1")
@@ -272,8 +316,9 @@ class ProcessSupervisor:
 
     def _launch(self, spec: RunSpec) -> None:
         loop = asyncio.get_running_loop()
-        sweeper = self._sweeper
+        sweeper, loop_calls = self._sweeper, self._loop_calls
         assert sweeper is not None, "start() the supervisor first"
+        assert loop_calls is not None
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         handle = _RunHandle(wake_w, self._waker)
         self._running[spec.process_id] = handle
@@ -282,7 +327,7 @@ class ProcessSupervisor:
             process_id: uuid.UUID, last_append: concurrent.futures.Future[Any] | None
         ) -> None:
             os.close(wake_r)
-            loop.call_soon_threadsafe(self._finished, process_id, wake_w, last_append)
+            loop_calls.call(functools.partial(self._finished, process_id, wake_w, last_append))
 
         def start_actor() -> None:  # runs in the launcher thread
             try:
@@ -335,9 +380,11 @@ class ProcessSupervisor:
         if last_append is None or last_append.done():
             self._mark_ended(process_id)
         else:
-            loop = asyncio.get_running_loop()
+            loop_calls = self._loop_calls
+            assert loop_calls is not None
+            # Resolved by the writer, on the loop: no wake-up needed then.
             last_append.add_done_callback(
-                lambda _: loop.call_soon_threadsafe(self._mark_ended, process_id)
+                lambda _: loop_calls.call(functools.partial(self._mark_ended, process_id))
             )
         self._start_waiting()
 
