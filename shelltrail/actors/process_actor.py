@@ -59,6 +59,7 @@ _FLOOD_PIPE_BYTES: Final = 1024 * 1024
 _GROWN_PIPES: Final = threading.BoundedSemaphore(16)
 #: The longest single wait in the actor's loop, in seconds (see ``_next_wakeup``).
 _LONGEST_WAIT: Final = 3600.0
+_STREAMS: Final[tuple[OutputStream, ...]] = ("stdout", "stderr")
 #: The wake-up pipe is read this much at a time; one byte is written per message told.
 _WAKE_READ: Final = 4096
 
@@ -128,7 +129,8 @@ class _StreamBuffer:
     pending: bytearray = field(default_factory=bytearray)
     first_byte_at: float | None = None
     captured_at: datetime | None = None
-    open: bool = True
+    open: bool = True  # no end of file read yet
+    closed: bool = False  # the descriptor
     read_size: int = _READ_SIZE
     may_grow: bool = True  # not tried yet
     grown: bool = False  # holds one of _GROWN_PIPES
@@ -267,30 +269,37 @@ class ProcessActor(pykka.ThreadingActor):
             }
         )
         argv = [*_pdeathsig_prefix(), _BASH, "--noprofile", "--norc", str(script), *spec.args]
-        with self._reaper.spawning():
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=workdir,
-                env=env,
-                start_new_session=True,  # its own session and process group, no preexec_fn
-            )
-            self._reaper.own(proc.pid)
-        self._proc = proc
+        # The output pipes are made here rather than by Popen, whose file objects for them
+        # (never used: the actor reads the descriptors) cost ten system calls per run.
+        write_ends: list[int] = []
+        try:
+            for name in _STREAMS:
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+                write_ends.append(write_end)
+                self._streams[read_end] = _StreamBuffer(name=name, fd=read_end)
+            with self._reaper.spawning():
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=write_ends[0],
+                    stderr=write_ends[1],
+                    cwd=workdir,
+                    env=env,
+                    start_new_session=True,  # its own session and process group, no preexec_fn
+                )
+                self._proc = proc  # from here on, a failure kills and reaps it (on_start)
+                self._reaper.own(proc.pid)
+        finally:
+            for write_end in write_ends:  # the script holds its own copies
+                os.close(write_end)
         started_at = _now()
-        assert proc.stdout is not None
-        assert proc.stderr is not None
         self._pidfd = os.pidfd_open(proc.pid)
         # poll, not epoll: registering, unregistering and closing cost no system call, and
         # each one an actor makes is a wait for the GIL when a thousand actors are busy
         # (docs/benchmarks.md). Four descriptors cost poll nothing more than epoll.
         self._selector = selectors.PollSelector()
-        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-            buffer = _StreamBuffer(name=name, fd=pipe.fileno())  # type: ignore[arg-type]
-            self._streams[buffer.fd] = buffer
-            self._selector.register(buffer.fd, selectors.EVENT_READ)
+        for fd in self._streams:
+            self._selector.register(fd, selectors.EVENT_READ)
         self._selector.register(self._pidfd, selectors.EVENT_READ)
         self._selector.register(self._wake_fd, selectors.EVENT_READ)
         if spec.timeout_seconds is not None:
@@ -552,11 +561,10 @@ class ProcessActor(pykka.ThreadingActor):
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
-        if self._proc is not None:
-            for pipe in (self._proc.stdout, self._proc.stderr):
-                if pipe is not None:
-                    pipe.close()
         for buffer in self._streams.values():
+            if not buffer.closed:
+                buffer.closed = True
+                os.close(buffer.fd)
             _release_pipe(buffer)
 
     def _emit(self, events: Sequence[ProcessEvent], *, last: bool = False) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -373,6 +375,61 @@ async def test_a_run_that_cannot_start_is_closed(store: EventStore, tmp_path: Pa
     )
     assert row is not None
     assert row["status"] == "failed"
+
+
+def _open_pipes() -> list[str]:
+    """The pipes this process holds open, one entry per descriptor."""
+    pipes = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed since
+            continue
+        if target.startswith("pipe:"):
+            pipes.append(target)
+    return sorted(pipes)
+
+
+@pytest.mark.parametrize("failing", ["pipe2", "Popen", "pidfd_open"])
+async def test_a_spawn_failing_half_way_leaves_no_descriptor_open(
+    runs: Runs, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The output pipes, made one after the other before the script is spawned, and the
+    pidfd after it: whichever step fails, the run ends StartFailed and nothing stays open."""
+    calls: dict[str, int] = {}
+
+    def fail_in_actors(real: Any, nth: int) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            thread = threading.current_thread().name
+            if thread.startswith("ProcessActor-"):
+                calls[thread] = calls.get(thread, 0) + 1
+                if calls[thread] == nth:
+                    raise OSError(errno.EMFILE, "Too many open files")
+            return real(*args, **kwargs)
+
+        return call
+
+    await runs.run("true")  # the first run's pool connections and threads, before counting
+    before = _open_pipes()
+    if failing == "pipe2":  # the second pipe, stderr's, once stdout's is made
+        monkeypatch.setattr(os, "pipe2", fail_in_actors(os.pipe2, 2))
+    elif failing == "Popen":
+        monkeypatch.setattr(subprocess, "Popen", fail_in_actors(subprocess.Popen, 1))
+    else:  # the script is running by then: it is killed and reaped
+        monkeypatch.setattr(os, "pidfd_open", fail_in_actors(os.pidfd_open, 1))
+    pid = await runs.start("sleep 1000")
+    events = await runs.wait(pid)
+    assert (last(events).type, last(events).data["reason"]) == (
+        "StartFailed",
+        "[Errno 24] Too many open files",
+    )
+    assert await no_survivors(pid)
+    monkeypatch.undo()
+    for _ in range(200):  # the run's wake-up pipe is closed by the waker, just after its end
+        if _open_pipes() == before:
+            break
+        await asyncio.sleep(0.01)
+    assert _open_pipes() == before
 
 
 async def test_restart_closes_unfinished_runs_as_lost(store: EventStore, tmp_path: Path) -> None:
