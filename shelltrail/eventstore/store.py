@@ -187,6 +187,13 @@ class EventStore:
         """Like :meth:`subscribe`, with ``None`` after each ``idle`` seconds without events."""
         return self.hub.follow(stream_id, after, self._page, page_size=PAGE_SIZE, idle=idle)
 
+    def subscribe_batches(
+        self, stream_id: uuid.UUID, *, after: int = 0, idle: float | None
+    ) -> AsyncIterator[list[StoredEvent] | None]:
+        """Like :meth:`subscribe_with_idle`, in batches of the events at hand
+        (:meth:`SubscriptionHub.follow_batches`)."""
+        return self.hub.follow_batches(stream_id, after, self._page, page_size=PAGE_SIZE, idle=idle)
+
     async def _page(self, stream_id: uuid.UUID, after: int) -> list[StoredEvent]:
         return await self.read_stream(stream_id, after=after, limit=PAGE_SIZE)
 

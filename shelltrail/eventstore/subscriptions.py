@@ -41,6 +41,25 @@ class _Follower:
             self.queue.put_nowait(CATCH_UP)
 
 
+def _next_batch(
+    follower: _Follower, item: StoredEvent | _CatchUp, last: int
+) -> tuple[list[StoredEvent], bool]:
+    """The events that follow version ``last``: ``item``, then those queued behind it; and
+    whether the follower must read from the database (asked to, or a gap: another node
+    wrote) before what is still queued."""
+    batch: list[StoredEvent] = []
+    while True:
+        if not isinstance(item, StoredEvent) or item.version > last + 1:
+            return batch, True
+        if item.version == last + 1:  # else one already read: a duplicate
+            batch.append(item)
+            last = item.version
+        try:
+            item = follower.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return batch, False
+
+
 class SubscriptionHub:
     """Followers by stream. Use on the event loop only."""
 
@@ -77,7 +96,32 @@ class SubscriptionHub:
         page_size: int,
         idle: float | None = None,
     ) -> AsyncIterator[StoredEvent | None]:
-        """Every event of a stream after version ``after``: history, then live, forever.
+        """Every event of a stream after version ``after``, one at a time: the events of
+        :meth:`follow_batches`, with its ``None`` for each idle period."""
+        batches = self.follow_batches(stream_id, after, read_page, page_size=page_size, idle=idle)
+        try:
+            async for batch in batches:
+                if batch is None:
+                    yield None
+                    continue
+                for event in batch:
+                    yield event
+        finally:
+            await batches.aclose()  # type: ignore[attr-defined]
+
+    async def follow_batches(
+        self,
+        stream_id: uuid.UUID,
+        after: int,
+        read_page: Callable[[uuid.UUID, int], Awaitable[list[StoredEvent]]],
+        *,
+        page_size: int,
+        idle: float | None = None,
+    ) -> AsyncIterator[list[StoredEvent] | None]:
+        """Every event of a stream after version ``after``: history, then live, forever, in
+        batches of consecutive versions: a page of history, or the live events queued when
+        the follower looked. A writer of a stream (an SSE response) then sends a batch with
+        one system call, not one per event.
 
         ``read_page(stream_id, after)`` returns the next committed events in version order,
         at most ``page_size`` (fewer at the head). With ``idle``, ``None`` is yielded each
@@ -93,9 +137,9 @@ class SubscriptionHub:
                 if catch_up:
                     while True:
                         page = await read_page(stream_id, last)
-                        for event in page:
-                            yield event
-                            last = event.version
+                        if page:
+                            yield page
+                            last = page[-1].version
                         if len(page) < page_size:
                             break
                 try:
@@ -107,11 +151,10 @@ class SubscriptionHub:
                         catch_up = False
                         yield None
                         continue
-                # Read from the database on request, or on a gap (another node wrote).
-                catch_up = not isinstance(item, StoredEvent) or item.version > last + 1
-                if isinstance(item, StoredEvent) and item.version == last + 1:
-                    yield item
-                    last = item.version
+                batch, catch_up = _next_batch(follower, item, last)
+                if batch:
+                    yield batch
+                    last = batch[-1].version
         finally:
             group = self._followers.get(stream_id)
             if group is not None:

@@ -89,27 +89,28 @@ def _client_gone(request: web.Request) -> bool:
 
 
 async def _while_present(
-    request: web.Request, events: AsyncIterator[StoredEvent | None]
-) -> AsyncGenerator[StoredEvent | None, None]:
-    """``events`` (``None`` on each idle tick) until the client is found gone on a tick."""
-    async for event in events:
-        if event is None and _client_gone(request):
+    request: web.Request, batches: AsyncIterator[list[StoredEvent] | None]
+) -> AsyncGenerator[list[StoredEvent] | None, None]:
+    """``batches`` (``None`` on each idle tick) until the client is found gone on a tick."""
+    async for batch in batches:
+        if batch is None and _client_gone(request):
             return
-        yield event
+        yield batch
 
 
 @contextlib.asynccontextmanager
 async def _live_events(
     request: web.Request, process_id: uuid.UUID, after: int, *, idle: float = PRESENCE_SECONDS
-) -> AsyncIterator[AsyncIterator[StoredEvent | None]]:
-    """A run's events after ``after``, history then live, ``None`` each ``idle`` seconds
-    without one, for as long as the client is there.
+) -> AsyncIterator[AsyncIterator[list[StoredEvent] | None]]:
+    """A run's events after ``after``, history then live, in batches of those at hand (each
+    sent in one write, not one per event), ``None`` each ``idle`` seconds without one, for
+    as long as the client is there.
 
     aiohttp does not cancel a handler whose client left, so each idle tick looks at the
     connection; a write that finds the client gone ends the stream quietly. The
     subscription is closed on the way out.
     """
-    events = request.app[STORE].subscribe_with_idle(process_id, after=after, idle=idle)
+    events = request.app[STORE].subscribe_batches(process_id, after=after, idle=idle)
     present = _while_present(request, events)
     try:
         yield present
@@ -161,17 +162,22 @@ async def events(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     written = loop.time()
     idle = min(PRESENCE_SECONDS, KEEPALIVE_SECONDS)
-    async with _live_events(request, state.id, after, idle=idle) as events:
-        async for event in events:
-            if event is None:
+    async with _live_events(request, state.id, after, idle=idle) as batches:
+        async for batch in batches:
+            if batch is None:
                 if loop.time() - written >= KEEPALIVE_SECONDS:
                     await response.write(b": keep-alive\n\n")
                     written = loop.time()
                 continue
-            await response.write(sse_message(event))
+            messages = []
+            for event in batch:
+                messages.append(sse_message(event))
+                if event.type in TERMINAL_TYPES:
+                    # The last event and the end of the stream in one write.
+                    await response.write_eof(b"".join(messages))
+                    return response
+            await response.write(b"".join(messages))
             written = loop.time()
-            if event.type in TERMINAL_TYPES:
-                break
     return response
 
 
@@ -205,20 +211,28 @@ async def output(request: web.Request) -> web.StreamResponse:
     first = await first_chunk_version(store.pool, state.id, query.stream, query.offset)
     after = first - 1 if first is not None else state.version
     position = query.offset
-    async with _live_events(request, state.id, after) as events:
-        async for event in events:
-            if event is None:
+    async with _live_events(request, state.id, after) as batches:
+        async for batch in batches:
+            if batch is None:
                 continue
-            if event.type in TERMINAL_TYPES:
+            pieces = []
+            ended = False
+            for event in batch:
+                if event.type in TERMINAL_TYPES:
+                    ended = True
+                    break
+                if event.type != "OutputChunk" or event.data["stream"] != query.stream:
+                    continue
+                start, payload = event.data["offset"], event.payload or b""
+                if start + len(payload) <= position:
+                    continue
+                piece = payload[max(0, position - start) :]
+                pieces.append(piece)
+                position += len(piece)
+            if pieces:
+                await response.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            if ended:
                 break
-            if event.type != "OutputChunk" or event.data["stream"] != query.stream:
-                continue
-            start, payload = event.data["offset"], event.payload or b""
-            if start + len(payload) <= position:
-                continue
-            piece = payload[max(0, position - start) :]
-            await response.write(piece)
-            position += len(piece)
     return response
 
 
@@ -229,21 +243,31 @@ async def replay(request: web.Request) -> web.StreamResponse:
     response = await _open_sse(request)
     if request.method == "HEAD":
         return response
-    async with _live_events(request, state.id, 0) as events:
+    async with (
+        _live_events(request, state.id, 0) as batches,
+        contextlib.aclosing(_one_by_one(batches)) as events,
+    ):
         await _replay(request, response, events, query.speed)
     return response
+
+
+async def _one_by_one(
+    batches: AsyncIterator[list[StoredEvent] | None],
+) -> AsyncGenerator[StoredEvent, None]:
+    """The events of ``batches``, one at a time (idle ticks left out)."""
+    async for batch in batches:
+        for event in batch or ():
+            yield event
 
 
 async def _replay(
     request: web.Request,
     response: web.StreamResponse,
-    events: AsyncIterator[StoredEvent | None],
+    events: AsyncIterator[StoredEvent],
     speed: float,
 ) -> None:
     previous: datetime | None = None
     async for event in events:
-        if event is None:
-            continue
         if event.type == "OutputChunk":
             captured = datetime.fromisoformat(event.data["captured_at"])
             if previous is not None and speed > 0:

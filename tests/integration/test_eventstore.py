@@ -241,6 +241,28 @@ async def test_subscription_gives_history_then_live_without_gap_or_repeat(
     assert received == list(range(1, total + 4))
 
 
+async def test_batches_hold_the_events_at_hand_in_order(store: EventStore) -> None:
+    """Followed in batches, a stream comes as a page of history, then as what was queued
+    while the follower did not look: one batch, each version once."""
+    sid = uuid.uuid4()
+    await store.append(sid, [queued(), started()], expected_version=0)
+    batches = store.subscribe_batches(sid, after=0, idle=None).__aiter__()
+    try:
+        history = await batches.__anext__()
+        assert history is not None
+        assert [e.version for e in history] == [1, 2]
+        offset = 0
+        for i in range(5):  # five transactions, each published to the follower's queue
+            data = b"%d\n" % i
+            await store.append(sid, [chunk(offset, data)], expected_version=2 + i)
+            offset += len(data)
+        live = await batches.__anext__()
+        assert live is not None
+        assert [e.version for e in live] == [3, 4, 5, 6, 7]
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]
+
+
 async def test_slow_follower_catches_up_from_the_database(store: EventStore) -> None:
     """A follower whose queue overflows still gets every event, from the database."""
     sid = uuid.uuid4()
