@@ -142,25 +142,32 @@ class _LoopCalls:
 
 
 class _RunHandle:
-    """An actor and the wake-up pipe that interrupts its ``select``.
+    """An actor and the write end of the wake-up pipe that interrupts its ``select``.
 
-    The actor is started by the launcher thread, so messages told before it exists wait
-    here and are delivered by :meth:`attach`. Thread-safe.
+    The launcher thread makes the pipe and starts the actor, so messages told before then
+    wait here and are delivered by :meth:`attach`. Thread-safe.
     """
 
-    def __init__(self, wake_w: int, waker: _Waker) -> None:
-        self._wake_w = wake_w
+    def __init__(self, waker: _Waker) -> None:
+        self._wake_w = -1  # set by attach
         self._waker = waker
         self._lock = threading.Lock()
         self._actor_ref: pykka.ActorRef[ProcessActor] | None = None
         self._early: list[object] = []
         self._closed = False
 
-    def attach(self, actor_ref: pykka.ActorRef[ProcessActor]) -> None:
-        """Runs in the launcher thread, once the actor has started."""
+    def attach(self, actor_ref: pykka.ActorRef[ProcessActor], wake_w: int) -> None:
+        """Runs in the launcher thread, once the actor has started. The handle owns
+        ``wake_w`` from now on: :meth:`close` closes it, or closes it now if it came first
+        (a run that ended before this was called)."""
         with self._lock:
             self._actor_ref = actor_ref
+            self._wake_w = wake_w
+            closed = self._closed
             early, self._early = self._early, []
+        if closed:
+            self._waker.later(functools.partial(os.close, wake_w))
+            return
         for message in early:
             self.tell(message)
 
@@ -195,7 +202,9 @@ class _RunHandle:
             if self._closed:
                 return
             self._closed = True
-        self._waker.later(functools.partial(os.close, self._wake_w))
+            wake_w = self._wake_w
+        if wake_w >= 0:  # else attach, still to come, closes it
+            self._waker.later(functools.partial(os.close, wake_w))
 
 
 class ProcessSupervisor:
@@ -315,21 +324,31 @@ class ProcessSupervisor:
             self._launch(spec)
 
     def _launch(self, spec: RunSpec) -> None:
-        loop = asyncio.get_running_loop()
         sweeper, loop_calls = self._sweeper, self._loop_calls
         assert sweeper is not None, "start() the supervisor first"
         assert loop_calls is not None
-        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        handle = _RunHandle(wake_w, self._waker)
+        handle = _RunHandle(self._waker)
         self._running[spec.process_id] = handle
 
-        def finished(  # runs in the actor's thread
-            process_id: uuid.UUID, last_append: concurrent.futures.Future[Any] | None
-        ) -> None:
-            os.close(wake_r)
-            loop_calls.call(functools.partial(self._finished, process_id, wake_w, last_append))
+        def failed(reason: str) -> None:
+            log.error("could not start a process actor", error=reason)
+            loop_calls.call(functools.partial(self._launch_failed, spec, reason))
 
         def start_actor() -> None:  # runs in the launcher thread
+            # The wake-up pipe is made here, not on the loop: a system call on the loop lets
+            # go of the GIL, and getting it back waits for the busy actor threads.
+            try:
+                wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:  # e.g. out of descriptors
+                failed(str(exc))
+                return
+
+            def finished(  # runs in the actor's thread
+                process_id: uuid.UUID, last_append: concurrent.futures.Future[Any] | None
+            ) -> None:
+                os.close(wake_r)
+                loop_calls.call(functools.partial(self._finished, process_id, last_append))
+
             try:
                 actor_ref = ProcessActor.start(
                     spec,
@@ -343,23 +362,22 @@ class ProcessSupervisor:
                     threads=self._threads,
                 )
             except Exception as exc:  # noqa: BLE001 -- e.g. no thread could be started
-                log.error("could not start a process actor", error=str(exc))
-                loop.call_soon_threadsafe(self._launch_failed, spec, str(exc), wake_r, wake_w)
+                os.close(wake_r)
+                os.close(wake_w)
+                failed(str(exc))
                 return
-            handle.attach(actor_ref)
+            handle.attach(actor_ref, wake_w)
 
         # Starting a thread waits for it to run; that wait belongs off the event loop.
         self._launcher.submit(start_actor)
 
-    def _launch_failed(self, spec: RunSpec, reason: str, wake_r: int, wake_w: int) -> None:
-        os.close(wake_r)
-
+    def _launch_failed(self, spec: RunSpec, reason: str) -> None:
         async def close_run() -> None:
             failed = StartFailed(reason=reason, failed_at=datetime.now(UTC))
             try:
                 await self._store.append(spec.process_id, [failed], expected_version=spec.version)
             finally:
-                self._finished(spec.process_id, wake_w)
+                self._finished(spec.process_id)
 
         task = asyncio.create_task(close_run())
         self._background.add(task)
@@ -368,15 +386,12 @@ class ProcessSupervisor:
     def _finished(
         self,
         process_id: uuid.UUID,
-        wake_w: int,
         last_append: concurrent.futures.Future[Any] | None = None,
     ) -> None:
         """The actor is gone; the run has ended once its last events are stored."""
         handle = self._running.pop(process_id, None)
         if handle is not None:
             handle.close()
-        else:
-            os.close(wake_w)
         if last_append is None or last_append.done():
             self._mark_ended(process_id)
         else:

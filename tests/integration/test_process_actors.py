@@ -390,18 +390,23 @@ def _open_pipes() -> list[str]:
     return sorted(pipes)
 
 
-@pytest.mark.parametrize("failing", ["pipe2", "Popen", "pidfd_open"])
-async def test_a_spawn_failing_half_way_leaves_no_descriptor_open(
+@pytest.mark.parametrize(
+    "failing", ["wake pipe", "actor start", "output pipe", "Popen", "pidfd_open"]
+)
+async def test_a_start_failing_half_way_leaves_no_descriptor_open(
     runs: Runs, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    """The output pipes, made one after the other before the script is spawned, and the
-    pidfd after it: whichever step fails, the run ends StartFailed and nothing stays open."""
+    """Starting a run takes steps that open descriptors: the wake-up pipe and the actor (in
+    the launcher thread), the output pipes one after the other, the script, its pidfd (in
+    the actor's). Whichever step fails, the run ends StartFailed and nothing stays open."""
+    from shelltrail.actors.process_actor import ProcessActor
+
     calls: dict[str, int] = {}
 
-    def fail_in_actors(real: Any, nth: int) -> Any:
+    def fail_in(threads: str, real: Any, nth: int) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
             thread = threading.current_thread().name
-            if thread.startswith("ProcessActor-"):
+            if thread.startswith(threads):
                 calls[thread] = calls.get(thread, 0) + 1
                 if calls[thread] == nth:
                     raise OSError(errno.EMFILE, "Too many open files")
@@ -411,12 +416,16 @@ async def test_a_spawn_failing_half_way_leaves_no_descriptor_open(
 
     await runs.run("true")  # the first run's pool connections and threads, before counting
     before = _open_pipes()
-    if failing == "pipe2":  # the second pipe, stderr's, once stdout's is made
-        monkeypatch.setattr(os, "pipe2", fail_in_actors(os.pipe2, 2))
+    if failing == "wake pipe":
+        monkeypatch.setattr(os, "pipe2", fail_in("actor-launcher", os.pipe2, 1))
+    elif failing == "actor start":  # its wake-up pipe made, no thread for it
+        monkeypatch.setattr(ProcessActor, "start", fail_in("actor-launcher", ProcessActor.start, 1))
+    elif failing == "output pipe":  # the second one, stderr's, once stdout's is made
+        monkeypatch.setattr(os, "pipe2", fail_in("ProcessActor-", os.pipe2, 2))
     elif failing == "Popen":
-        monkeypatch.setattr(subprocess, "Popen", fail_in_actors(subprocess.Popen, 1))
+        monkeypatch.setattr(subprocess, "Popen", fail_in("ProcessActor-", subprocess.Popen, 1))
     else:  # the script is running by then: it is killed and reaped
-        monkeypatch.setattr(os, "pidfd_open", fail_in_actors(os.pidfd_open, 1))
+        monkeypatch.setattr(os, "pidfd_open", fail_in("ProcessActor-", os.pidfd_open, 1))
     pid = await runs.start("sleep 1000")
     events = await runs.wait(pid)
     assert (last(events).type, last(events).data["reason"]) == (
@@ -430,6 +439,7 @@ async def test_a_spawn_failing_half_way_leaves_no_descriptor_open(
             break
         await asyncio.sleep(0.01)
     assert _open_pipes() == before
+    assert calls  # the failure was injected where the test meant it
 
 
 async def test_restart_closes_unfinished_runs_as_lost(store: EventStore, tmp_path: Path) -> None:

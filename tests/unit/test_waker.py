@@ -29,10 +29,10 @@ def test_a_tell_puts_the_message_first_then_a_byte_on_the_pipe() -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     waker = _Waker()
     try:
-        handle = _RunHandle(wake_w, waker)
+        handle = _RunHandle(waker)
         actor = FakeActor()
         handle.tell("early")  # before the actor exists: kept
-        handle.attach(actor)  # type: ignore[arg-type]
+        handle.attach(actor, wake_w)  # type: ignore[arg-type]
         assert actor.told == ["early"]
         assert read_wakeup(wake_r) == b"\0"
         handle.tell("stop")
@@ -47,14 +47,30 @@ def test_a_tell_puts_the_message_first_then_a_byte_on_the_pipe() -> None:
 def test_after_close_nothing_is_told_or_written_and_the_pipe_is_closed() -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     waker = _Waker()
-    handle = _RunHandle(wake_w, waker)
+    handle = _RunHandle(waker)
     actor = FakeActor()
-    handle.attach(actor)  # type: ignore[arg-type]
+    handle.attach(actor, wake_w)  # type: ignore[arg-type]
     handle.close()
     handle.tell("late")
     waker.close()  # does everything queued, the closing of the pipe included
     assert actor.told == []
     assert os.read(wake_r, 16) == b""  # the write end is closed: end of file, no byte
+    os.close(wake_r)
+
+
+def test_a_run_closed_before_its_actor_is_attached_gets_its_pipe_closed_on_attach() -> None:
+    """A run can end (its actor done, the loop told) before the launcher thread attaches
+    the actor to the handle: the pipe it brings is closed then, and nothing is told."""
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    waker = _Waker()
+    handle = _RunHandle(waker)
+    handle.tell("early")
+    handle.close()  # no pipe yet: nothing to close
+    actor = FakeActor()
+    handle.attach(actor, wake_w)  # type: ignore[arg-type]
+    waker.close()
+    assert actor.told == []
+    assert os.read(wake_r, 16) == b""  # closed, with no byte written
     os.close(wake_r)
 
 
