@@ -166,7 +166,9 @@ class _RunHandle:
             closed = self._closed
             early, self._early = self._early, []
         if closed:
-            self._waker.later(functools.partial(os.close, wake_w))
+            # Nothing was ever queued to write to it, and the waker may have ended already
+            # (a shutdown just after a run that failed at once): closed here.
+            os.close(wake_w)
             return
         for message in early:
             self.tell(message)

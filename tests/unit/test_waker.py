@@ -66,9 +66,9 @@ def test_a_run_closed_before_its_actor_is_attached_gets_its_pipe_closed_on_attac
     handle = _RunHandle(waker)
     handle.tell("early")
     handle.close()  # no pipe yet: nothing to close
+    waker.close()  # as at shutdown: the waker may be gone when the launcher attaches
     actor = FakeActor()
     handle.attach(actor, wake_w)  # type: ignore[arg-type]
-    waker.close()
     assert actor.told == []
     assert os.read(wake_r, 16) == b""  # closed, with no byte written
     os.close(wake_r)
