@@ -36,6 +36,9 @@ KEEPALIVE_SECONDS: Final = 15.0
 #: a handler whose client left, and a stream of a silent run would otherwise wait for it.
 PRESENCE_SECONDS: Final = 1.0
 _PAGE_BYTES: Final = 16 * 1024 * 1024
+#: A batch of events is sent in writes of about this size: one system call for many small
+#: events, and no more than this held for a slow client beyond aiohttp's own buffer.
+_WRITE_BYTES: Final = 256 * 1024
 TERMINAL_TYPES: Final = frozenset(t.__name__ for t in TERMINAL_EVENT_TYPES)
 
 
@@ -169,14 +172,21 @@ async def events(request: web.Request) -> web.StreamResponse:
                     await response.write(b": keep-alive\n\n")
                     written = loop.time()
                 continue
-            messages = []
+            messages: list[bytes] = []
+            size = 0
             for event in batch:
-                messages.append(sse_message(event))
+                message = sse_message(event)
                 if event.type in TERMINAL_TYPES:
                     # The last event and the end of the stream in one write.
-                    await response.write_eof(b"".join(messages))
+                    await response.write_eof(b"".join([*messages, message]))
                     return response
-            await response.write(b"".join(messages))
+                messages.append(message)
+                size += len(message)
+                if size >= _WRITE_BYTES:  # a slow client holds at most this much more
+                    await response.write(b"".join(messages))
+                    messages, size = [], 0
+            if messages:
+                await response.write(b"".join(messages))
             written = loop.time()
     return response
 
@@ -215,25 +225,45 @@ async def output(request: web.Request) -> web.StreamResponse:
         async for batch in batches:
             if batch is None:
                 continue
-            pieces = []
-            ended = False
-            for event in batch:
-                if event.type in TERMINAL_TYPES:
-                    ended = True
-                    break
-                if event.type != "OutputChunk" or event.data["stream"] != query.stream:
-                    continue
-                start, payload = event.data["offset"], event.payload or b""
-                if start + len(payload) <= position:
-                    continue
-                piece = payload[max(0, position - start) :]
-                pieces.append(piece)
-                position += len(piece)
-            if pieces:
-                await response.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            pieces, ended = _output_pieces(batch, query.stream, position)
+            position += sum(len(piece) for piece in pieces)
+            await _write_in_groups(response, pieces)
             if ended:
                 break
     return response
+
+
+def _output_pieces(
+    batch: list[StoredEvent], stream: str, position: int
+) -> tuple[list[bytes], bool]:
+    """The bytes of ``stream`` from ``position`` in ``batch``, and whether it ended the run."""
+    pieces: list[bytes] = []
+    for event in batch:
+        if event.type in TERMINAL_TYPES:
+            return pieces, True
+        if event.type != "OutputChunk" or event.data["stream"] != stream:
+            continue
+        start, payload = event.data["offset"], event.payload or b""
+        if start + len(payload) <= position:
+            continue
+        piece = payload[max(0, position - start) :]
+        pieces.append(piece)
+        position += len(piece)
+    return pieces, False
+
+
+async def _write_in_groups(response: web.StreamResponse, parts: list[bytes]) -> None:
+    """``parts`` in writes of about ``_WRITE_BYTES``: one system call for many small ones."""
+    group: list[bytes] = []
+    size = 0
+    for part in parts:
+        group.append(part)
+        size += len(part)
+        if size >= _WRITE_BYTES:
+            await response.write(b"".join(group))
+            group, size = [], 0
+    if group:
+        await response.write(group[0] if len(group) == 1 else b"".join(group))
 
 
 async def replay(request: web.Request) -> web.StreamResponse:
