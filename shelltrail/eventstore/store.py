@@ -67,9 +67,9 @@ class EventStore:
         cls, dsn: str, *, node: str, limits: WriterLimits | None = None, pool_size: int = 10
     ) -> EventStore:
         limits = limits or WriterLimits()
-        # asyncpg's reset on release costs a round trip, but it is also what finds a
-        # connection left broken by a dropped server or a cancelled query, and drops it
-        # instead of handing it to the next user: keep it.
+        # Both pools take connections back without asyncpg's reset query (create_pool says
+        # why). asyncpg still drops a connection it finds closed or failing on release, and
+        # rolls back a transaction left open.
         pool = await create_pool(dsn, max_size=pool_size)
         writer_pool = await create_pool(dsn, min_size=1, max_size=limits.concurrent_transactions)
         store = cls(pool, writer_pool=writer_pool, dsn=dsn, node=node, limits=limits)
