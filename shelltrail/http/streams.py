@@ -173,20 +173,15 @@ async def events(request: web.Request) -> web.StreamResponse:
                     written = loop.time()
                 continue
             messages: list[bytes] = []
-            size = 0
+            ended = False
             for event in batch:
-                message = sse_message(event)
+                messages.append(sse_message(event))
                 if event.type in TERMINAL_TYPES:
-                    # The last event and the end of the stream in one write.
-                    await response.write_eof(b"".join([*messages, message]))
-                    return response
-                messages.append(message)
-                size += len(message)
-                if size >= _WRITE_BYTES:  # a slow client holds at most this much more
-                    await response.write(b"".join(messages))
-                    messages, size = [], 0
-            if messages:
-                await response.write(b"".join(messages))
+                    ended = True
+                    break
+            await _write_in_groups(response, messages, end=ended)
+            if ended:
+                return response
             written = loop.time()
     return response
 
@@ -252,18 +247,24 @@ def _output_pieces(
     return pieces, False
 
 
-async def _write_in_groups(response: web.StreamResponse, parts: list[bytes]) -> None:
-    """``parts`` in writes of about ``_WRITE_BYTES``: one system call for many small ones."""
+async def _write_in_groups(
+    response: web.StreamResponse, parts: list[bytes], *, end: bool = False
+) -> None:
+    """``parts`` in writes of about ``_WRITE_BYTES``: one system call for many small ones,
+    and no more than that handed to a slow client at once. With ``end``, the last write also
+    ends the body (a stream's last event and its end go together)."""
     group: list[bytes] = []
     size = 0
     for part in parts:
-        group.append(part)
-        size += len(part)
         if size >= _WRITE_BYTES:
             await response.write(b"".join(group))
             group, size = [], 0
-    if group:
-        await response.write(group[0] if len(group) == 1 else b"".join(group))
+        group.append(part)
+        size += len(part)
+    if end:
+        await response.write_eof(b"".join(group))
+    elif group:
+        await response.write(b"".join(group))
 
 
 async def replay(request: web.Request) -> web.StreamResponse:

@@ -11,8 +11,14 @@ class FakeResponse:
     def __init__(self) -> None:
         self.writes: list[bytes] = []
 
+        self.end: bytes | None = None
+
     async def write(self, data: bytes) -> None:
+        assert self.end is None, "written after the end"
         self.writes.append(bytes(data))
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        self.end = bytes(data)
 
 
 async def test_small_parts_go_in_one_write() -> None:
@@ -37,3 +43,13 @@ async def test_nothing_to_write_writes_nothing() -> None:
     response: Any = FakeResponse()
     await _write_in_groups(response, [])
     assert response.writes == []
+
+
+async def test_with_end_the_last_group_goes_with_the_end_of_the_body() -> None:
+    """A stream's last event and its end in one write, however the batch was cut."""
+    response = FakeResponse()
+    part = bytes(range(256)) * 400  # 100 KiB
+    parts = [part] * 4
+    await _write_in_groups(response, parts, end=True)  # type: ignore[arg-type]
+    assert response.writes == [part * 3]
+    assert response.end == part
